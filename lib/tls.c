@@ -1,0 +1,860 @@
+/* tls.c — identity snapshots, X509-SVID verification and failure classification. The only file of
+ * the data plane that calls BoringSSL (see ward/tls.h). Connections use TLS_with_buffers_method():
+ * certificates stay as pooled CRYPTO_BUFFERs (one copy per distinct certificate, shared by every
+ * connection that saw it), and X509 objects exist only for the moment of verification. */
+#include "ward/tls.h"
+#include "ward/alloc.h"
+#include "ward/err.h"
+#include "ward/spiffe.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pool.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#define WARD_TLS_MAX_CHAIN 8
+#define WARD_ALPN_TCP "ward-tcp"
+#define WARD_SESSION_LIFETIME_S 3600
+#define WARD_TLS12_CIPHERS                                                                         \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+struct ward_identity {
+    atomic_long refs;
+    uint64_t generation;
+    SSL_CTX *server;
+    SSL_CTX *client;
+    X509_STORE *store;
+    char *spiffe_id;
+    size_t td_len; /* spiffe_id + 9 .. + td_len is the trust domain */
+    int64_t not_before;
+    int64_t not_after;
+};
+
+static pthread_once_t ward__tls_once = PTHREAD_ONCE_INIT;
+static int ward__ex_peer = -1;
+static int ward__ex_identity = -1;
+/* Shared by every snapshot for the life of the process: identical certificates from many
+ * connections collapse to one buffer. Internally locked. */
+static CRYPTO_BUFFER_POOL *ward__pool;
+static atomic_uint_fast64_t ward__generation;
+
+static const char *const ward__reason_names[WARD_REASON_COUNT] = {
+    "none",           "expired",         "not_yet_valid", "unknown_ca", "san_mismatch",
+    "no_client_cert", "bad_certificate", "protocol",      "timeout"};
+
+const char *ward_tls_reason_name(ward_tls_reason_t r)
+{
+    return (unsigned)r < WARD_REASON_COUNT ? ward__reason_names[r] : "unknown";
+}
+
+static void ward__tls_init_once(void)
+{
+    ward__ex_peer = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    ward__ex_identity = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    ward__pool = CRYPTO_BUFFER_POOL_new();
+}
+
+static int64_t ward__asn1_time_to_unix(const ASN1_TIME *t)
+{
+    int days = 0, secs = 0;
+    ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
+    int64_t out = 0;
+    if (epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t))
+        out = (int64_t)days * 86400 + secs;
+    ASN1_TIME_free(epoch);
+    return out;
+}
+
+/* --- X509-SVID shape ------------------------------------------------------------------------ */
+
+/* Checks the SVID rules that do not depend on the chain: exactly one URI SAN, a valid SPIFFE id,
+ * not a CA, no certificate/CRL signing key usage. On success *id_out gets a heap copy of the id. */
+static ward_tls_reason_t ward__svid_shape(X509 *leaf, char **id_out, const char **why)
+{
+    int crit = -1;
+    GENERAL_NAMES *names = X509_get_ext_d2i(leaf, NID_subject_alt_name, &crit, NULL);
+    const char *uri = NULL;
+    size_t uri_len = 0;
+    int uris = 0;
+    ward_tls_reason_t r = WARD_REASON_NONE;
+
+    if (names == NULL) {
+        *why = crit == -2 ? "duplicate subjectAltName extensions" : "no URI SAN (not an SVID)";
+        return WARD_REASON_BAD_CERTIFICATE;
+    }
+    for (size_t i = 0; i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        if (gn->type != GEN_URI) continue;
+        uris++;
+        uri = (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
+        uri_len = (size_t)ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+    }
+    if (uris != 1) {
+        *why = uris == 0 ? "no URI SAN (not an SVID)" : "more than one URI SAN";
+        r = WARD_REASON_BAD_CERTIFICATE;
+        goto out_names;
+    }
+    const char *spiffe_why = NULL;
+    if (memchr(uri, '\0', uri_len) != NULL ||
+        ward_spiffe_id_parse(uri, uri_len, NULL, &spiffe_why) < 0) {
+        *why = "URI SAN is not a valid SPIFFE id";
+        r = WARD_REASON_BAD_CERTIFICATE;
+        goto out_names;
+    }
+    uint32_t flags = X509_get_extension_flags(leaf);
+    if (flags & EXFLAG_INVALID) {
+        *why = "certificate extensions do not parse";
+        r = WARD_REASON_BAD_CERTIFICATE;
+        goto out_names;
+    }
+    if (flags & EXFLAG_CA) {
+        *why = "leaf certificate is a CA (basicConstraints cA=true)";
+        r = WARD_REASON_BAD_CERTIFICATE;
+        goto out_names;
+    }
+    if (flags & EXFLAG_KUSAGE) {
+        uint32_t ku = X509_get_key_usage(leaf);
+        if (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) {
+            *why = "leaf key usage allows certificate or CRL signing";
+            r = WARD_REASON_BAD_CERTIFICATE;
+            goto out_names;
+        }
+        if (!(ku & KU_DIGITAL_SIGNATURE)) {
+            *why = "leaf key usage lacks digitalSignature";
+            r = WARD_REASON_BAD_CERTIFICATE;
+            goto out_names;
+        }
+    }
+    if (id_out != NULL) {
+        *id_out = ward_strndup(uri, uri_len);
+        if (*id_out == NULL) {
+            *why = "out of memory";
+            r = WARD_REASON_PROTOCOL;
+        }
+    }
+out_names:
+    GENERAL_NAMES_free(names);
+    return r;
+}
+
+static ward_tls_reason_t ward__map_x509_error(int err, const char **why)
+{
+    *why = X509_verify_cert_error_string(err);
+    switch (err) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return WARD_REASON_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        return WARD_REASON_NOT_YET_VALID;
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+        return WARD_REASON_UNKNOWN_CA;
+    default:
+        return WARD_REASON_BAD_CERTIFICATE;
+    }
+}
+
+/* Is the SPIFFE id `id` in the same trust domain as the snapshot's own id? */
+static int ward__same_td(const ward_identity_t *self, const char *id)
+{
+    size_t n = 9 + self->td_len; /* "spiffe://" + td */
+    return strncmp(id, self->spiffe_id, n) == 0 && (id[n] == '/' || id[n] == '\0');
+}
+
+ward_tls_reason_t ward_tls_verify_chain(const ward_identity_t *id, const uint8_t *const *der,
+                                        const size_t *der_len, size_t n, const char *expected_id,
+                                        int peer_is_server, const char **detail, char **peer_id)
+{
+    ward_tls_reason_t r = WARD_REASON_NONE;
+    X509 *leaf = NULL;
+    STACK_OF(X509) *inter = NULL;
+    X509_STORE_CTX *vctx = NULL;
+    char *spiffe = NULL;
+
+    *detail = NULL;
+    if (n == 0) {
+        *detail = "no certificate presented";
+        return peer_is_server ? WARD_REASON_BAD_CERTIFICATE : WARD_REASON_NO_CLIENT_CERT;
+    }
+    if (n > WARD_TLS_MAX_CHAIN) {
+        *detail = "certificate chain too long";
+        return WARD_REASON_BAD_CERTIFICATE;
+    }
+    const uint8_t *p = der[0];
+    leaf = d2i_X509(NULL, &p, (long)der_len[0]);
+    if (leaf == NULL || p != der[0] + der_len[0]) {
+        *detail = "leaf certificate does not parse";
+        r = WARD_REASON_BAD_CERTIFICATE;
+        goto out;
+    }
+    inter = sk_X509_new_null();
+    if (inter == NULL) goto out_nomem;
+    for (size_t i = 1; i < n; i++) {
+        p = der[i];
+        X509 *c = d2i_X509(NULL, &p, (long)der_len[i]);
+        if (c == NULL) {
+            *detail = "intermediate certificate does not parse";
+            r = WARD_REASON_BAD_CERTIFICATE;
+            goto out;
+        }
+        if (!sk_X509_push(inter, c)) {
+            X509_free(c);
+            goto out_nomem;
+        }
+    }
+    vctx = X509_STORE_CTX_new();
+    if (vctx == NULL || !X509_STORE_CTX_init(vctx, id->store, leaf, inter)) goto out_nomem;
+    X509_STORE_CTX_set_purpose(vctx,
+                               peer_is_server ? X509_PURPOSE_SSL_SERVER : X509_PURPOSE_SSL_CLIENT);
+    if (X509_verify_cert(vctx) != 1) {
+        r = ward__map_x509_error(X509_STORE_CTX_get_error(vctx), detail);
+        goto out;
+    }
+    r = ward__svid_shape(leaf, &spiffe, detail);
+    if (r != WARD_REASON_NONE) goto out;
+    if (!ward__same_td(id, spiffe)) {
+        *detail = "peer SPIFFE id is outside this trust domain";
+        r = WARD_REASON_SAN_MISMATCH;
+    } else if (expected_id != NULL && strcmp(expected_id, spiffe) != 0) {
+        *detail = "peer SPIFFE id is not the expected identity";
+        r = WARD_REASON_SAN_MISMATCH;
+    }
+    /* Handed out on a mismatch too, so the refusal can say who the peer really was. */
+    if (peer_id != NULL) {
+        *peer_id = spiffe;
+        spiffe = NULL;
+    }
+    goto out;
+
+out_nomem:
+    *detail = "out of memory during verification";
+    r = WARD_REASON_PROTOCOL;
+out:
+    ward_free(spiffe);
+    X509_STORE_CTX_free(vctx);
+    sk_X509_pop_free(inter, X509_free);
+    X509_free(leaf);
+    ERR_clear_error();
+    return r;
+}
+
+static uint8_t ward__alert_for(ward_tls_reason_t r)
+{
+    switch (r) {
+    case WARD_REASON_EXPIRED:
+        return SSL_AD_CERTIFICATE_EXPIRED;
+    case WARD_REASON_NOT_YET_VALID:
+        /* No alert says "not yet valid"; ward sidecars read certificate_unknown as this. */
+        return SSL_AD_CERTIFICATE_UNKNOWN;
+    case WARD_REASON_UNKNOWN_CA:
+        return SSL_AD_UNKNOWN_CA;
+    case WARD_REASON_SAN_MISMATCH:
+        return SSL_AD_ACCESS_DENIED;
+    default:
+        return SSL_AD_BAD_CERTIFICATE;
+    }
+}
+
+static int ward__chain_of(const STACK_OF(CRYPTO_BUFFER) * chain, const uint8_t **der, size_t *len)
+{
+    size_t n = chain ? sk_CRYPTO_BUFFER_num(chain) : 0;
+    if (n > WARD_TLS_MAX_CHAIN) n = WARD_TLS_MAX_CHAIN + 1; /* rejected as too long */
+    for (size_t i = 0; i < n && i < WARD_TLS_MAX_CHAIN; i++) {
+        const CRYPTO_BUFFER *b = sk_CRYPTO_BUFFER_value(chain, i);
+        der[i] = CRYPTO_BUFFER_data(b);
+        len[i] = CRYPTO_BUFFER_len(b);
+    }
+    return (int)n;
+}
+
+static enum ssl_verify_result_t ward__verify_cb(SSL *ssl, uint8_t *out_alert)
+{
+    ward_tls_peer_t *peer = SSL_get_ex_data(ssl, ward__ex_peer);
+    const ward_identity_t *id = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ward__ex_identity);
+    const uint8_t *der[WARD_TLS_MAX_CHAIN];
+    size_t len[WARD_TLS_MAX_CHAIN];
+    int n = ward__chain_of(SSL_get0_peer_certificates(ssl), der, len);
+    const char *detail = NULL;
+    char *peer_id = NULL;
+
+    if (peer == NULL || id == NULL) {
+        *out_alert = SSL_AD_INTERNAL_ERROR;
+        return ssl_verify_invalid;
+    }
+    ward_tls_reason_t r = ward_tls_verify_chain(id, der, len, (size_t)n, peer->expected_id,
+                                                !SSL_is_server(ssl), &detail, &peer_id);
+    ward_free(peer->peer_id);
+    peer->peer_id = peer_id;
+    if (r != WARD_REASON_NONE) {
+        peer->reason = r;
+        peer->detail = detail;
+        *out_alert = ward__alert_for(r);
+        return ssl_verify_invalid;
+    }
+    return ssl_verify_ok;
+}
+
+static int ward__alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
+                             unsigned in_len, void *arg)
+{
+    static const char proto[] = WARD_ALPN_TCP;
+    const size_t plen = sizeof(proto) - 1;
+    for (unsigned i = 0; i < in_len;) {
+        unsigned l = in[i];
+        if (i + 1 + l > in_len) break;
+        if (l == plen && memcmp(in + i + 1, proto, plen) == 0) {
+            *out = in + i + 1;
+            *out_len = (uint8_t)l;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + l;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+static int ward__new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    ward_tls_peer_t *peer = SSL_get_ex_data(ssl, ward__ex_peer);
+    if (peer == NULL || peer->on_new_session == NULL) return 0;
+    return peer->on_new_session(peer, sess);
+}
+
+/* --- loading -------------------------------------------------------------------------------- */
+
+int ward_pem_read_certs(const char *file, uint8_t ***der_out, size_t **len_out)
+{
+    BIO *bio = BIO_new_file(file, "r");
+    uint8_t **der = NULL;
+    size_t *lens = NULL;
+    int n = 0, cap = 0, rc;
+
+    if (bio == NULL) {
+        ERR_clear_error();
+        return errno ? -errno : WARD_EIO;
+    }
+    for (;;) {
+        char *name = NULL, *header = NULL;
+        uint8_t *data = NULL;
+        long len = 0;
+        if (!PEM_read_bio(bio, &name, &header, &data, &len)) {
+            uint32_t e = ERR_peek_last_error();
+            ERR_clear_error();
+            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) break;
+            rc = WARD_EPARSE;
+            goto fail;
+        }
+        int is_cert = strcmp(name, "CERTIFICATE") == 0;
+        OPENSSL_free(name);
+        OPENSSL_free(header);
+        if (!is_cert) {
+            OPENSSL_free(data);
+            continue;
+        }
+        if (n == cap) {
+            int ncap = cap ? cap * 2 : 4;
+            uint8_t **nd = ward_realloc(der, sizeof(*nd) * (size_t)ncap);
+            if (nd == NULL) {
+                OPENSSL_free(data);
+                rc = WARD_ENOMEM;
+                goto fail;
+            }
+            der = nd;
+            size_t *nl = ward_realloc(lens, sizeof(*nl) * (size_t)ncap);
+            if (nl == NULL) {
+                OPENSSL_free(data);
+                rc = WARD_ENOMEM;
+                goto fail;
+            }
+            lens = nl;
+            cap = ncap;
+        }
+        der[n] = data;
+        lens[n] = (size_t)len;
+        n++;
+    }
+    BIO_free(bio);
+    if (n == 0) {
+        ward_free(der);
+        ward_free(lens);
+        return WARD_EPARSE;
+    }
+    *der_out = der;
+    *len_out = lens;
+    return n;
+fail:
+    for (int i = 0; i < n; i++) OPENSSL_free(der[i]);
+    ward_free(der);
+    ward_free(lens);
+    BIO_free(bio);
+    return rc;
+}
+
+static void ward__free_der(uint8_t **der, size_t *lens, int n)
+{
+    for (int i = 0; i < n; i++) OPENSSL_free(der[i]);
+    ward_free(der);
+    ward_free(lens);
+}
+
+static SSL_CTX *ward__ctx_new(ward_identity_t *id, int is_server, CRYPTO_BUFFER *const *chain,
+                              size_t chain_len, EVP_PKEY *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_with_buffers_method());
+    if (ctx == NULL) return NULL;
+    SSL_CTX_set0_buffer_pool(ctx, ward__pool);
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
+        !SSL_CTX_set_strict_cipher_list(ctx, WARD_TLS12_CIPHERS) ||
+        !SSL_CTX_set1_curves_list(ctx, "X25519:P-256") ||
+        !SSL_CTX_set_chain_and_key(ctx, chain, chain_len, key, NULL) ||
+        !SSL_CTX_set_ex_data(ctx, ward__ex_identity, id))
+        goto fail;
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (is_server) {
+        static const uint8_t sid_ctx[] = "ward";
+        SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                                  ward__verify_cb);
+        SSL_CTX_set_alpn_select_cb(ctx, ward__alpn_select, NULL);
+        if (!SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1)) goto fail;
+        /* Stateless tickets only; their key is per snapshot, so a reload ends old sessions. */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    } else {
+        SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, ward__verify_cb);
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+        SSL_CTX_sess_set_new_cb(ctx, ward__new_session_cb);
+    }
+    SSL_CTX_set_timeout(ctx, WARD_SESSION_LIFETIME_S);
+    SSL_CTX_set_session_psk_dhe_timeout(ctx, WARD_SESSION_LIFETIME_S);
+    return ctx;
+fail:
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static void ward__identity_free(ward_identity_t *id)
+{
+    SSL_CTX_free(id->server);
+    SSL_CTX_free(id->client);
+    X509_STORE_free(id->store);
+    ward_free(id->spiffe_id);
+    ward_free(id);
+}
+
+int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
+                       ward_identity_t **out, char *err, size_t errlen)
+{
+    uint8_t **cder = NULL, **bder = NULL;
+    size_t *clen = NULL, *blen = NULL;
+    int ncert = 0, nbundle = 0, rc = 0;
+    X509 *leaf = NULL;
+    EVP_PKEY *key = NULL;
+    BIO *kbio = NULL;
+    CRYPTO_BUFFER *chain[WARD_TLS_MAX_CHAIN] = {0};
+    const char *why = NULL;
+    ward_identity_t *id = NULL;
+
+    pthread_once(&ward__tls_once, ward__tls_init_once);
+    if (ward__pool == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return WARD_ENOMEM;
+    }
+
+    ncert = ward_pem_read_certs(cert_file, &cder, &clen);
+    if (ncert < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate (%s)", cert_file,
+                 ward_strerror(ncert));
+        rc = WARD_ECERT;
+        goto out;
+    }
+    if (ncert > WARD_TLS_MAX_CHAIN) {
+        snprintf(err, errlen, "%s: more than %d certificates", cert_file, WARD_TLS_MAX_CHAIN);
+        rc = WARD_ECERT;
+        goto out;
+    }
+    const uint8_t *p = cder[0];
+    leaf = d2i_X509(NULL, &p, (long)clen[0]);
+    if (leaf == NULL) {
+        snprintf(err, errlen, "%s: first certificate does not parse", cert_file);
+        rc = WARD_ECERT;
+        goto out;
+    }
+
+    kbio = BIO_new_file(key_file, "r");
+    if (kbio == NULL || (key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL)) == NULL) {
+        snprintf(err, errlen, "%s: no readable PEM private key", key_file);
+        rc = WARD_EKEY;
+        goto out;
+    }
+    if (!X509_check_private_key(leaf, key)) {
+        snprintf(err, errlen, "%s does not match the certificate in %s", key_file, cert_file);
+        rc = WARD_EKEYMISMATCH;
+        goto out;
+    }
+
+    nbundle = ward_pem_read_certs(ca_file, &bder, &blen);
+    if (nbundle < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate in the trust bundle (%s)", ca_file,
+                 ward_strerror(nbundle));
+        rc = WARD_EBUNDLE;
+        goto out;
+    }
+
+    id = ward_calloc(1, sizeof(*id));
+    if (id == NULL || (id->store = X509_STORE_new()) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rc = WARD_ENOMEM;
+        goto out;
+    }
+    atomic_init(&id->refs, 1);
+    for (int i = 0; i < nbundle; i++) {
+        p = bder[i];
+        X509 *root = d2i_X509(NULL, &p, (long)blen[i]);
+        if (root == NULL || !(X509_get_extension_flags(root) & EXFLAG_CA)) {
+            snprintf(err, errlen, "%s: certificate #%d is %s", ca_file, i + 1,
+                     root ? "not a CA certificate" : "malformed");
+            X509_free(root);
+            rc = WARD_EBUNDLE;
+            goto out;
+        }
+        int ok = X509_STORE_add_cert(id->store, root);
+        X509_free(root);
+        if (!ok) {
+            snprintf(err, errlen, "%s: certificate #%d could not be added", ca_file, i + 1);
+            rc = WARD_EBUNDLE;
+            goto out;
+        }
+    }
+
+    ward_tls_reason_t shape = ward__svid_shape(leaf, &id->spiffe_id, &why);
+    if (shape != WARD_REASON_NONE) {
+        snprintf(err, errlen, "%s: not a valid X509-SVID: %s", cert_file, why);
+        rc = WARD_ESPIFFE;
+        goto out;
+    }
+    ward_spiffe_id_t parsed;
+    ward_spiffe_id_parse(id->spiffe_id, strlen(id->spiffe_id), &parsed, NULL);
+    id->td_len = parsed.td_len;
+    id->not_before = ward__asn1_time_to_unix(X509_get0_notBefore(leaf));
+    id->not_after = ward__asn1_time_to_unix(X509_get0_notAfter(leaf));
+
+    /* Our own chain must verify against our bundle: catches a half-rotated set of files. */
+    char *self_id = NULL;
+    ward_tls_reason_t self = ward_tls_verify_chain(id, (const uint8_t *const *)cder, clen,
+                                                   (size_t)ncert, NULL, 1, &why, &self_id);
+    ward_free(self_id);
+    if (self != WARD_REASON_NONE) {
+        snprintf(err, errlen, "%s does not verify against the bundle %s: %s (%s)", cert_file,
+                 ca_file, ward_tls_reason_name(self), why);
+        rc = WARD_ECERT;
+        goto out;
+    }
+
+    for (int i = 0; i < ncert; i++) {
+        chain[i] = CRYPTO_BUFFER_new(cder[i], clen[i], ward__pool);
+        if (chain[i] == NULL) {
+            snprintf(err, errlen, "out of memory");
+            rc = WARD_ENOMEM;
+            goto out;
+        }
+    }
+    id->server = ward__ctx_new(id, 1, chain, (size_t)ncert, key);
+    id->client = ward__ctx_new(id, 0, chain, (size_t)ncert, key);
+    if (id->server == NULL || id->client == NULL) {
+        snprintf(err, errlen, "could not build TLS contexts from %s / %s", cert_file, key_file);
+        rc = WARD_ETLS;
+        goto out;
+    }
+    id->generation = atomic_fetch_add(&ward__generation, 1) + 1;
+    *out = id;
+    id = NULL;
+
+out:
+    for (int i = 0; i < WARD_TLS_MAX_CHAIN; i++) CRYPTO_BUFFER_free(chain[i]);
+    if (id != NULL) ward__identity_free(id);
+    EVP_PKEY_free(key);
+    BIO_free(kbio);
+    X509_free(leaf);
+    if (ncert > 0) ward__free_der(cder, clen, ncert);
+    if (nbundle > 0) ward__free_der(bder, blen, nbundle);
+    ERR_clear_error();
+    return rc;
+}
+
+ward_identity_t *ward_identity_ref(ward_identity_t *id)
+{
+    atomic_fetch_add_explicit(&id->refs, 1, memory_order_relaxed);
+    return id;
+}
+
+void ward_identity_unref(ward_identity_t *id)
+{
+    if (id != NULL && atomic_fetch_sub_explicit(&id->refs, 1, memory_order_acq_rel) == 1)
+        ward__identity_free(id);
+}
+
+SSL_CTX *ward_identity_server_ctx(const ward_identity_t *id)
+{
+    return id->server;
+}
+
+SSL_CTX *ward_identity_client_ctx(const ward_identity_t *id)
+{
+    return id->client;
+}
+
+const char *ward_identity_spiffe_id(const ward_identity_t *id)
+{
+    return id->spiffe_id;
+}
+
+int64_t ward_identity_not_after(const ward_identity_t *id)
+{
+    return id->not_after;
+}
+
+int64_t ward_identity_not_before(const ward_identity_t *id)
+{
+    return id->not_before;
+}
+
+uint64_t ward_identity_generation(const ward_identity_t *id)
+{
+    return id->generation;
+}
+
+/* --- per connection ------------------------------------------------------------------------- */
+
+SSL *ward_tls_new(const ward_identity_t *id, int is_server, int fd, ward_tls_peer_t *peer)
+{
+    static const uint8_t alpn[] = "\x08" WARD_ALPN_TCP;
+    SSL *ssl = SSL_new(is_server ? id->server : id->client);
+    if (ssl == NULL) goto fail;
+    if (!SSL_set_fd(ssl, fd) || !SSL_set_ex_data(ssl, ward__ex_peer, peer)) goto fail;
+    if (is_server) {
+        SSL_set_accept_state(ssl);
+    } else {
+        SSL_set_connect_state(ssl);
+        if (SSL_set_alpn_protos(ssl, alpn, sizeof(alpn) - 1) != 0) goto fail;
+    }
+    /* No renegotiation: the handshake configuration can go once the handshake is done. */
+    SSL_set_shed_handshake_config(ssl, 1);
+    return ssl;
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return NULL;
+}
+
+int ward_tls_finish(SSL *ssl, ward_tls_peer_t *peer)
+{
+    if (!SSL_session_reused(ssl)) {
+        if (peer->peer_id != NULL) return 0;
+        peer->reason = WARD_REASON_BAD_CERTIFICATE;
+        peer->detail = "no verified peer identity";
+        return WARD_ETLS;
+    }
+    /* Resumed: the chain was verified when the session was made under this same snapshot (ticket
+     * keys are per snapshot); re-check the time window and the identity now. */
+    const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(ssl);
+    if (chain == NULL || sk_CRYPTO_BUFFER_num(chain) == 0) {
+        peer->reason = SSL_is_server(ssl) ? WARD_REASON_NO_CLIENT_CERT : WARD_REASON_BAD_CERTIFICATE;
+        peer->detail = "resumed session carries no peer certificate";
+        return WARD_ETLS;
+    }
+    const CRYPTO_BUFFER *b = sk_CRYPTO_BUFFER_value(chain, 0);
+    const uint8_t *p = CRYPTO_BUFFER_data(b);
+    X509 *leaf = d2i_X509(NULL, &p, (long)CRYPTO_BUFFER_len(b));
+    char *spiffe = NULL;
+    const char *why = NULL;
+    int rc = WARD_ETLS;
+    if (leaf == NULL) {
+        peer->reason = WARD_REASON_BAD_CERTIFICATE;
+        peer->detail = "resumed peer certificate does not parse";
+        goto out;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+        peer->reason = WARD_REASON_EXPIRED;
+        peer->detail = "resumed session's peer certificate has expired";
+        goto out;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(leaf)) >= 0) {
+        peer->reason = WARD_REASON_NOT_YET_VALID;
+        peer->detail = "resumed session's peer certificate is not yet valid";
+        goto out;
+    }
+    ward_tls_reason_t r = ward__svid_shape(leaf, &spiffe, &why);
+    if (r != WARD_REASON_NONE) {
+        peer->reason = r;
+        peer->detail = why;
+        goto out;
+    }
+    if (peer->expected_id != NULL && strcmp(peer->expected_id, spiffe) != 0) {
+        peer->reason = WARD_REASON_SAN_MISMATCH;
+        peer->detail = "resumed peer SPIFFE id is not the expected identity";
+        goto out;
+    }
+    ward_free(peer->peer_id);
+    peer->peer_id = spiffe;
+    spiffe = NULL;
+    rc = 0;
+out:
+    ward_free(spiffe);
+    X509_free(leaf);
+    ERR_clear_error();
+    return rc;
+}
+
+ward_tls_reason_t ward_tls_classify(SSL *ssl, ward_tls_peer_t *peer, int ssl_err,
+                                    const char **detail)
+{
+    ward_tls_reason_t r = WARD_REASON_PROTOCOL;
+    uint32_t e = ERR_peek_error();
+    *detail = "TLS protocol error";
+
+    if (peer->reason != WARD_REASON_NONE) {
+        r = peer->reason;
+        *detail = peer->detail ? peer->detail : ward_tls_reason_name(r);
+    } else if (ERR_GET_LIB(e) == ERR_LIB_SSL) {
+        int reason = ERR_GET_REASON(e);
+        if (reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
+            r = WARD_REASON_NO_CLIENT_CERT;
+            *detail = "peer did not present a client certificate";
+        } else if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+            int alert = reason - SSL_AD_REASON_OFFSET;
+            *detail = SSL_alert_desc_string_long(alert);
+            switch (alert) {
+            case SSL_AD_CERTIFICATE_EXPIRED:
+                r = WARD_REASON_EXPIRED;
+                break;
+            case SSL_AD_CERTIFICATE_UNKNOWN:
+                r = WARD_REASON_NOT_YET_VALID;
+                break;
+            case SSL_AD_UNKNOWN_CA:
+                r = WARD_REASON_UNKNOWN_CA;
+                break;
+            case SSL_AD_ACCESS_DENIED:
+                r = WARD_REASON_SAN_MISMATCH;
+                break;
+            case SSL_AD_BAD_CERTIFICATE:
+            case SSL_AD_UNSUPPORTED_CERTIFICATE:
+            case SSL_AD_CERTIFICATE_REVOKED:
+                r = WARD_REASON_BAD_CERTIFICATE;
+                break;
+            case SSL_AD_CERTIFICATE_REQUIRED:
+                r = WARD_REASON_NO_CLIENT_CERT;
+                break;
+            default:
+                r = WARD_REASON_PROTOCOL;
+                break;
+            }
+        } else {
+            *detail = ERR_reason_error_string(e);
+            if (*detail == NULL) *detail = "TLS protocol error";
+        }
+    } else if (ssl_err == SSL_ERROR_SYSCALL || ssl_err == SSL_ERROR_ZERO_RETURN) {
+        *detail = "connection closed during the TLS handshake";
+    }
+    ERR_clear_error();
+    return r;
+}
+
+void ward_tls_peer_reset(ward_tls_peer_t *peer)
+{
+    ward_free(peer->peer_id);
+    peer->peer_id = NULL;
+}
+
+/* --- non-blocking I/O ----------------------------------------------------------------------- */
+
+static ssize_t ward__io_result(SSL *ssl, int ret)
+{
+    switch (SSL_get_error(ssl, ret)) {
+    case SSL_ERROR_WANT_READ:
+        return WARD_IO_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return WARD_IO_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return WARD_IO_EOF;
+    case SSL_ERROR_SYSCALL:
+        /* ret == 0: the transport ended without close_notify (a truncation); treated as EOF, the
+         * way a TCP proxy must, with errno telling a reset apart. */
+        if (ret == 0 || errno == 0) return WARD_IO_EOF;
+        return WARD_IO_ERROR;
+    default:
+        return WARD_IO_ERROR;
+    }
+}
+
+ssize_t ward_tls_read(SSL *ssl, void *buf, size_t n)
+{
+    errno = 0;
+    int r = SSL_read(ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return r > 0 ? r : ward__io_result(ssl, r);
+}
+
+ssize_t ward_tls_write(SSL *ssl, const void *buf, size_t n)
+{
+    errno = 0;
+    int r = SSL_write(ssl, buf, n > INT32_MAX ? INT32_MAX : (int)n);
+    return r > 0 ? r : ward__io_result(ssl, r);
+}
+
+int ward_tls_handshake(SSL *ssl, ward_tls_peer_t *peer, ward_tls_reason_t *reason,
+                       const char **detail)
+{
+    errno = 0;
+    int r = SSL_do_handshake(ssl);
+    if (r == 1) return 1;
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ) return WARD_IO_WANT_READ;
+    if (e == SSL_ERROR_WANT_WRITE) return WARD_IO_WANT_WRITE;
+    *reason = ward_tls_classify(ssl, peer, e, detail);
+    return WARD_IO_ERROR;
+}
+
+int ward_tls_shutdown(SSL *ssl)
+{
+    errno = 0;
+    int r = SSL_shutdown(ssl);
+    if (r >= 0) return 0;
+    ssize_t e = ward__io_result(ssl, r);
+    ERR_clear_error();
+    return e == WARD_IO_EOF ? 0 : (int)e;
+}
+
+int ward_tls_session_reused(const SSL *ssl)
+{
+    return SSL_session_reused(ssl);
+}
+
+const char *ward_tls_version(const SSL *ssl)
+{
+    return SSL_get_version(ssl);
+}
+
+void ward_tls_free(SSL *ssl)
+{
+    SSL_free(ssl);
+}
+
+void ward_tls_use_session(SSL *ssl, SSL_SESSION *sess)
+{
+    if (sess != NULL && SSL_SESSION_is_resumable(sess)) SSL_set_session(ssl, sess);
+}
+
+void ward_tls_session_free(SSL_SESSION *sess)
+{
+    SSL_SESSION_free(sess);
+}

@@ -1,0 +1,115 @@
+/* ward/tls.h — the one door to BoringSSL for the data plane: identity snapshots (SVID + key + trust
+ * bundle compiled into server and client SSL_CTXs), X509-SVID peer verification, and the
+ * classification of every refused handshake into a reason an operator can act on.
+ *
+ * Ownership: a ward_identity_t is immutable once loaded and refcounted; each connection holds a
+ * reference for as long as its SSL exists, so swapping in a new identity never disturbs open
+ * connections. ward_tls_peer_t lives inside the connection and is attached to its SSL. */
+#ifndef WARD_TLS_H
+#define WARD_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/ssl.h>
+
+typedef enum {
+    WARD_REASON_NONE = 0,
+    WARD_REASON_EXPIRED,
+    WARD_REASON_NOT_YET_VALID,
+    WARD_REASON_UNKNOWN_CA,
+    WARD_REASON_SAN_MISMATCH,
+    WARD_REASON_NO_CLIENT_CERT,
+    WARD_REASON_BAD_CERTIFICATE,
+    WARD_REASON_PROTOCOL,
+    WARD_REASON_TIMEOUT,
+    WARD_REASON_COUNT
+} ward_tls_reason_t;
+
+/* "none", "expired", "not_yet_valid", "unknown_ca", "san_mismatch", "no_client_cert",
+ * "bad_certificate", "protocol", "timeout". */
+const char *ward_tls_reason_name(ward_tls_reason_t r);
+
+typedef struct ward_identity ward_identity_t;
+
+/* Loads cert chain, key and trust bundle PEM files and builds the snapshot. On failure returns
+ * WARD_ECERT / WARD_EKEY / WARD_EKEYMISMATCH / WARD_EBUNDLE / WARD_ESPIFFE / -errno and writes a
+ * human explanation into err[errlen]. *out gets one reference. */
+int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
+                       ward_identity_t **out, char *err, size_t errlen);
+ward_identity_t *ward_identity_ref(ward_identity_t *id);
+void ward_identity_unref(ward_identity_t *id);
+
+SSL_CTX *ward_identity_server_ctx(const ward_identity_t *id);
+SSL_CTX *ward_identity_client_ctx(const ward_identity_t *id);
+const char *ward_identity_spiffe_id(const ward_identity_t *id);
+int64_t ward_identity_not_after(const ward_identity_t *id);
+int64_t ward_identity_not_before(const ward_identity_t *id);
+/* Increments for every snapshot loaded in this process: cheap identity comparison. */
+uint64_t ward_identity_generation(const ward_identity_t *id);
+
+/* Per-connection verification state, attached to an SSL with ward_tls_peer_attach(). */
+typedef struct ward_tls_peer {
+    const char *expected_id; /* outbound: the exact SPIFFE id the server must present */
+    ward_tls_reason_t reason; /* set when verification or the handshake fails */
+    const char *detail;       /* static explanation of the failure */
+    char *peer_id;            /* verified peer SPIFFE id (heap, owned), after the handshake */
+    int64_t peer_not_after;
+    /* Client side: called when the server sends a session ticket; returns 1 if it kept `sess`
+     * (taking the reference), 0 otherwise. */
+    int (*on_new_session)(struct ward_tls_peer *peer, SSL_SESSION *sess);
+} ward_tls_peer_t;
+
+/* Creates an SSL for one connection on fd from the snapshot's server (is_server) or client ctx.
+ * Returns NULL on allocation failure. */
+SSL *ward_tls_new(const ward_identity_t *id, int is_server, int fd, ward_tls_peer_t *peer);
+
+/* Completes verification after a successful handshake: on a resumed session (where no chain was
+ * verified now) re-checks the stored peer certificate's validity window and identity; fills
+ * peer->peer_id. Returns 0 or WARD_ETLS with peer->reason set. */
+int ward_tls_finish(SSL *ssl, ward_tls_peer_t *peer);
+
+/* Classifies a failed SSL_do_handshake (ssl_err = SSL_get_error result): the reason our verifier
+ * recorded, else the alert the peer sent, else protocol. Clears the error queue. */
+ward_tls_reason_t ward_tls_classify(SSL *ssl, ward_tls_peer_t *peer, int ssl_err,
+                                    const char **detail);
+
+/* Frees peer-owned memory (not the struct). */
+void ward_tls_peer_reset(ward_tls_peer_t *peer);
+
+/* Classifies a certificate chain (DER buffers, leaf first) against the snapshot's bundle exactly
+ * as the handshake verifier does; expected_id may be NULL. Used by tests and tools. */
+ward_tls_reason_t ward_tls_verify_chain(const ward_identity_t *id, const uint8_t *const *der,
+                                        const size_t *der_len, size_t n, const char *expected_id,
+                                        int peer_is_server, const char **detail, char **peer_id);
+
+/* Reads every CERTIFICATE block of a PEM file into DER (caller frees each with OPENSSL_free and the
+ * arrays with ward_free). Returns the count (> 0) or a negative error. */
+int ward_pem_read_certs(const char *file, uint8_t ***der, size_t **der_len);
+
+/* --- non-blocking I/O on a connection's SSL ---
+ * Results: > 0 bytes moved; WARD_IO_EOF (close_notify or end of transport); WARD_IO_WANT_READ /
+ * WARD_IO_WANT_WRITE (retry when the socket is readable / writable); WARD_IO_ERROR (fatal; a
+ * following ward_tls_classify() says why). */
+#define WARD_IO_EOF 0
+#define WARD_IO_WANT_READ (-1)
+#define WARD_IO_WANT_WRITE (-2)
+#define WARD_IO_ERROR (-3)
+
+ssize_t ward_tls_read(SSL *ssl, void *buf, size_t n);
+/* The same (buf, n) must be passed again after a WANT result (the buffer may move). */
+ssize_t ward_tls_write(SSL *ssl, const void *buf, size_t n);
+/* Returns 1 when done, WARD_IO_WANT_*, or WARD_IO_ERROR with *reason / *detail classified. */
+int ward_tls_handshake(SSL *ssl, ward_tls_peer_t *peer, ward_tls_reason_t *reason,
+                       const char **detail);
+/* Sends close_notify. Returns 0 when sent, WARD_IO_WANT_* to retry, or WARD_IO_ERROR. */
+int ward_tls_shutdown(SSL *ssl);
+int ward_tls_session_reused(const SSL *ssl);
+const char *ward_tls_version(const SSL *ssl);
+void ward_tls_free(SSL *ssl);
+/* Offers a cached session on a client SSL (ignored if not resumable). */
+void ward_tls_use_session(SSL *ssl, SSL_SESSION *sess);
+void ward_tls_session_free(SSL_SESSION *sess);
+
+#endif

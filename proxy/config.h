@@ -1,0 +1,56 @@
+/* config.h — ward-proxy's configuration: command line and WARD_* environment, parsed once at
+ * start-up into an immutable ward_config_t (see README.md in this folder for the flags). */
+#ifndef WARD_PROXY_CONFIG_H
+#define WARD_PROXY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ward/addr.h"
+#include "ward/log.h"
+
+typedef enum { WARD_DIR_INBOUND = 0, WARD_DIR_OUTBOUND = 1, WARD_DIR_COUNT } ward_dir_t;
+
+const char *ward_dir_name(ward_dir_t d);
+
+typedef struct {
+    ward_dir_t dir;
+    ward_addr_t listen;
+    ward_addr_t target;  /* the app (inbound) or the peer sidecar (outbound) */
+    char *identity;      /* outbound: SPIFFE id the peer must present; NULL for inbound */
+    char *spec;          /* the mapping as written, for logs */
+} ward_mapping_t;
+
+typedef struct {
+    char *cert_file;
+    char *key_file;
+    char *ca_file;
+    ward_mapping_t *maps;
+    size_t nmaps;
+    int admin_enabled;
+    ward_addr_t admin;
+    unsigned workers;
+    uint64_t max_connections;
+    uint64_t connect_timeout_ms;
+    uint64_t handshake_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t drain_timeout_ms;
+    uint64_t reload_interval_ms;
+    ward_log_level_t log_level;
+} ward_config_t;
+
+#define WARD_CONFIG_EXIT 1 /* --help or --version was printed: exit 0 */
+
+/* Parses argv (and WARD_* environment variables, which flags override) into cfg.
+ * Returns 0, WARD_CONFIG_EXIT, or a negative error with a message for the user in err. */
+int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Parses one mapping "LISTEN=TARGET[,identity=ID]". Returns 0 or WARD_EINVAL with err set. */
+int ward_mapping_parse(ward_mapping_t *m, ward_dir_t dir, const char *spec, char *err,
+                       size_t errlen);
+
+void ward_config_free(ward_config_t *cfg);
+void ward_config_usage(FILE *out);
+
+#endif

@@ -1,0 +1,216 @@
+/* main.c — ward-proxy: parse the configuration, load the identity, bind every listener, start the
+ * workers, then run the main loop (admin endpoint, identity reload, signals, drain). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+#include "config.h"
+#include "identity_store.h"
+#include "worker.h"
+#include "ward/alloc.h"
+#include "ward/err.h"
+#include "ward/log.h"
+
+typedef struct {
+    uv_loop_t *loop;
+    ward_config_t cfg;
+    ward_identity_store_t store;
+    ward_main_stats_t stats;
+    ward_shared_t shared;
+    ward_worker_t *workers;
+    unsigned nworkers;
+    unsigned started;
+    ward_admin_t admin;
+    uv_async_t drained_async;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t drain_timer;
+    int draining;
+    int stopped;
+} ward_proxy_t;
+
+static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
+{
+    ward_proxy_t *p = ctx;
+    const ward_stats_t *stats[256];
+    for (unsigned i = 0; i < p->nworkers; i++) stats[i] = &p->workers[i].stats;
+    ward_identity_t *id = ward_identity_store_get(&p->store);
+    int rc = ward_stats_render(out, stats, p->nworkers, &p->stats, ward_identity_not_after(id));
+    ward_identity_unref(id);
+    return rc;
+}
+
+static int ward__is_ready(void *ctx)
+{
+    ward_proxy_t *p = ctx;
+    return !p->draining && p->started == p->nworkers;
+}
+
+static void ward__stop_everything(ward_proxy_t *p)
+{
+    if (p->stopped) return;
+    p->stopped = 1;
+    for (unsigned i = 0; i < p->started; i++) ward_worker_send(&p->workers[i], WARD_CMD_STOP);
+    for (unsigned i = 0; i < p->started; i++) ward_worker_join(&p->workers[i]);
+    ward_admin_stop(&p->admin);
+    ward_identity_store_stop(&p->store);
+    uv_close((uv_handle_t *)&p->drained_async, NULL);
+    uv_close((uv_handle_t *)&p->sig_term, NULL);
+    uv_close((uv_handle_t *)&p->sig_int, NULL);
+    uv_close((uv_handle_t *)&p->sig_hup, NULL);
+    uv_close((uv_handle_t *)&p->drain_timer, NULL);
+}
+
+static void ward__on_drained(uv_async_t *a)
+{
+    ward_proxy_t *p = a->data;
+    if (!p->draining) return;
+    for (unsigned i = 0; i < p->started; i++)
+        if (!atomic_load(&p->workers[i].drained)) return;
+    ward_log_msg(WARD_LOG_INFO, "drained", "all connections closed; exiting");
+    ward__stop_everything(p);
+}
+
+static void ward__on_drain_deadline(uv_timer_t *t)
+{
+    ward_proxy_t *p = t->data;
+    ward_log_msg(WARD_LOG_WARN, "drain_deadline",
+                 "drain timeout reached; closing the remaining connections");
+    for (unsigned i = 0; i < p->started; i++)
+        ward_worker_send(&p->workers[i], WARD_CMD_FORCE_CLOSE);
+}
+
+static void ward__on_signal(uv_signal_t *s, int signum)
+{
+    ward_proxy_t *p = s->data;
+    if (signum == SIGHUP) {
+        ward_log_msg(WARD_LOG_INFO, "sighup", "reloading identity files");
+        ward_identity_store_check(&p->store, 1);
+        return;
+    }
+    if (p->draining) {
+        ward_log_msg(WARD_LOG_WARN, "signal", "second signal: closing all connections now");
+        ward__on_drain_deadline(&p->drain_timer);
+        return;
+    }
+    p->draining = 1;
+    ward_log_msg(WARD_LOG_INFO, "draining",
+                 "signal %d: no longer accepting; waiting up to %llums for open connections",
+                 signum, (unsigned long long)p->cfg.drain_timeout_ms);
+    uv_timer_start(&p->drain_timer, ward__on_drain_deadline, p->cfg.drain_timeout_ms, 0);
+    for (unsigned i = 0; i < p->started; i++) ward_worker_send(&p->workers[i], WARD_CMD_DRAIN);
+}
+
+static void ward__log_startup(ward_proxy_t *p)
+{
+    ward_logline_t l;
+    ward_identity_t *id = ward_identity_store_get(&p->store);
+    if (ward_log_begin(&l, WARD_LOG_INFO, "started")) {
+        char a[64];
+        ward_log_str(&l, "version", WARD_VERSION);
+        ward_log_str(&l, "spiffe_id", ward_identity_spiffe_id(id));
+        ward_log_i64(&l, "cert_not_after", ward_identity_not_after(id));
+        ward_log_u64(&l, "workers", p->nworkers);
+        if (p->cfg.admin_enabled)
+            ward_log_str(&l, "admin", ward_addr_format((struct sockaddr *)&p->cfg.admin.ss, a,
+                                                       sizeof(a)));
+        ward_log_end(&l);
+    }
+    for (size_t i = 0; i < p->cfg.nmaps; i++)
+        ward_log_msg(WARD_LOG_INFO, "listening", "%s %s", ward_dir_name(p->cfg.maps[i].dir),
+                     p->cfg.maps[i].spec);
+    ward_identity_unref(id);
+}
+
+int main(int argc, char **argv)
+{
+    static ward_proxy_t p;
+    char err[1024];
+    int rc, exit_code = 1;
+
+    signal(SIGPIPE, SIG_IGN);
+    ward_alloc_install(NULL);
+    rc = ward_config_parse(&p.cfg, argc, argv, err, sizeof(err));
+    if (rc == WARD_CONFIG_EXIT) return 0;
+    if (rc < 0) {
+        fprintf(stderr, "ward-proxy: %s\n", err);
+        return 2;
+    }
+    ward_log_set_level(p.cfg.log_level);
+
+    rc = ward_identity_store_init(&p.store, p.cfg.cert_file, p.cfg.key_file, p.cfg.ca_file,
+                                  &p.stats, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "ward-proxy: identity: %s\n", err);
+        ward_config_free(&p.cfg);
+        return 2;
+    }
+
+    p.loop = uv_default_loop();
+    p.shared.cfg = &p.cfg;
+    p.shared.store = &p.store;
+    p.shared.worker_drained = &p.drained_async;
+    uv_async_init(p.loop, &p.drained_async, ward__on_drained);
+    p.drained_async.data = &p;
+    uv_timer_init(p.loop, &p.drain_timer);
+    p.drain_timer.data = &p;
+    uv_signal_init(p.loop, &p.sig_term);
+    uv_signal_init(p.loop, &p.sig_int);
+    uv_signal_init(p.loop, &p.sig_hup);
+    p.sig_term.data = p.sig_int.data = p.sig_hup.data = &p;
+    uv_signal_start(&p.sig_term, ward__on_signal, SIGTERM);
+    uv_signal_start(&p.sig_int, ward__on_signal, SIGINT);
+    uv_signal_start(&p.sig_hup, ward__on_signal, SIGHUP);
+
+    p.nworkers = p.cfg.workers;
+    p.workers = ward_calloc(p.nworkers, sizeof(*p.workers));
+    if (p.workers == NULL) {
+        fprintf(stderr, "ward-proxy: out of memory\n");
+        goto out;
+    }
+    for (unsigned i = 0; i < p.nworkers; i++) {
+        rc = ward_worker_init(&p.workers[i], i, p.nworkers, &p.shared, err, sizeof(err));
+        if (rc < 0) {
+            fprintf(stderr, "ward-proxy: %s\n", err);
+            for (unsigned k = 0; k <= i; k++) ward_worker_destroy(&p.workers[k]);
+            ward_free(p.workers);
+            p.workers = NULL;
+            goto out;
+        }
+    }
+    if (p.cfg.admin_enabled) {
+        p.admin.render_metrics = ward__render_metrics;
+        p.admin.is_ready = ward__is_ready;
+        p.admin.ctx = &p;
+        if (ward_admin_start(&p.admin, p.loop, &p.cfg.admin, err, sizeof(err)) < 0) {
+            fprintf(stderr, "ward-proxy: %s\n", err);
+            for (unsigned k = 0; k < p.nworkers; k++) ward_worker_destroy(&p.workers[k]);
+            goto out;
+        }
+    }
+    ward_identity_store_watch(&p.store, p.loop, p.cfg.reload_interval_ms);
+    for (unsigned i = 0; i < p.nworkers; i++) {
+        rc = ward_worker_start(&p.workers[i]);
+        if (rc < 0) {
+            ward_log_msg(WARD_LOG_ERROR, "worker_start_failed", "worker %u: %s", i,
+                         uv_strerror(rc));
+            p.draining = 1;
+            ward__stop_everything(&p);
+            break;
+        }
+        p.started++;
+    }
+    if (!p.stopped) ward__log_startup(&p);
+
+    uv_run(p.loop, UV_RUN_DEFAULT);
+    exit_code = p.started == p.nworkers ? 0 : 1;
+    for (unsigned i = 0; i < p.nworkers; i++) ward_worker_destroy(&p.workers[i]);
+    ward_log_msg(WARD_LOG_INFO, "exited", "shutdown complete");
+out:
+    ward_free(p.workers);
+    ward_identity_store_destroy(&p.store);
+    ward_config_free(&p.cfg);
+    uv_loop_close(uv_default_loop());
+    return exit_code;
+}

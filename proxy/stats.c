@@ -1,0 +1,113 @@
+/* stats.c — Prometheus text rendering of the per-worker counters (see stats.h). */
+#include "stats.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ward/alloc.h"
+#include "ward/err.h"
+
+int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        size_t room = b->cap - b->len;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->data ? b->data + b->len : NULL, room, fmt, ap);
+        va_end(ap);
+        if (n < 0) return WARD_EINVAL;
+        if ((size_t)n < room) {
+            b->len += (size_t)n;
+            return 0;
+        }
+        size_t ncap = b->cap ? b->cap * 2 : 4096;
+        while (ncap - b->len <= (size_t)n) ncap *= 2;
+        char *nd = ward_realloc(b->data, ncap);
+        if (nd == NULL) return WARD_ENOMEM;
+        b->data = nd;
+        b->cap = ncap;
+    }
+}
+
+void ward_strbuf_free(ward_strbuf_t *b)
+{
+    ward_free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+#define SUM(field)                                                                                 \
+    ({                                                                                             \
+        uint64_t s_ = 0;                                                                           \
+        for (size_t w_ = 0; w_ < nworkers; w_++) s_ += ward_counter_get(&workers[w_]->field);      \
+        s_;                                                                                        \
+    })
+
+int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size_t nworkers,
+                      const ward_main_stats_t *ms, int64_t cert_not_after)
+{
+    int rc = 0;
+    static const char *const flows[2] = {"to_upstream", "to_downstream"};
+
+    rc |= ward_strbuf_printf(o, "# HELP ward_tls_handshakes_total TLS handshakes by direction, "
+                                "result and refusal reason.\n"
+                                "# TYPE ward_tls_handshakes_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++) {
+        for (int r = 0; r < WARD_REASON_COUNT; r++) {
+            uint64_t v = SUM(handshakes[d][r]);
+            /* Success and the classic refusal reasons are always present, so rates start at 0. */
+            if (v == 0 && r == WARD_REASON_TIMEOUT) continue;
+            rc |= ward_strbuf_printf(o,
+                                     "ward_tls_handshakes_total{direction=\"%s\",result=\"%s\","
+                                     "reason=\"%s\"} %llu\n",
+                                     ward_dir_name(d), r == WARD_REASON_NONE ? "success" : "failure",
+                                     ward_tls_reason_name(r), (unsigned long long)v);
+        }
+    }
+    rc |= ward_strbuf_printf(o, "# HELP ward_tls_resumed_total Handshakes that resumed a session.\n"
+                                "# TYPE ward_tls_resumed_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o, "ward_tls_resumed_total{direction=\"%s\"} %llu\n",
+                                 ward_dir_name(d), (unsigned long long)SUM(resumed[d]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_connections_open Proxied connections open now.\n"
+                                "# TYPE ward_connections_open gauge\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o, "ward_connections_open{direction=\"%s\"} %llu\n",
+                                 ward_dir_name(d), (unsigned long long)SUM(conns_open[d]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_connections_total Proxied connections accepted.\n"
+                                "# TYPE ward_connections_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o, "ward_connections_total{direction=\"%s\"} %llu\n",
+                                 ward_dir_name(d), (unsigned long long)SUM(conns_total[d]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_bytes_total Payload bytes proxied.\n"
+                                "# TYPE ward_bytes_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        for (int f = 0; f < 2; f++)
+            rc |= ward_strbuf_printf(o, "ward_bytes_total{direction=\"%s\",flow=\"%s\"} %llu\n",
+                                     ward_dir_name(d), flows[f],
+                                     (unsigned long long)SUM(bytes[d][f]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_upstream_connect_failures_total Upstream TCP "
+                                "connects that failed or timed out.\n"
+                                "# TYPE ward_upstream_connect_failures_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o, "ward_upstream_connect_failures_total{direction=\"%s\"} %llu\n",
+                                 ward_dir_name(d),
+                                 (unsigned long long)SUM(upstream_connect_failures[d]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_idle_timeouts_total Connections closed idle.\n"
+                                "# TYPE ward_idle_timeouts_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o, "ward_idle_timeouts_total{direction=\"%s\"} %llu\n",
+                                 ward_dir_name(d), (unsigned long long)SUM(timeouts[d]));
+    rc |= ward_strbuf_printf(
+        o,
+        "# HELP ward_cert_expiry_timestamp_seconds notAfter of the current leaf certificate.\n"
+        "# TYPE ward_cert_expiry_timestamp_seconds gauge\n"
+        "ward_cert_expiry_timestamp_seconds %lld\n"
+        "# HELP ward_identity_reloads_total Identity reload attempts by result.\n"
+        "# TYPE ward_identity_reloads_total counter\n"
+        "ward_identity_reloads_total{result=\"success\"} %llu\n"
+        "ward_identity_reloads_total{result=\"failure\"} %llu\n",
+        (long long)cert_not_after, (unsigned long long)ward_counter_get(&ms->reloads_ok),
+        (unsigned long long)ward_counter_get(&ms->reloads_failed));
+    return rc ? WARD_ENOMEM : 0;
+}

@@ -1,0 +1,67 @@
+/* stats.h — per-worker counters. Each worker owns its ward_stats_t and is its only writer: an
+ * increment is a relaxed load + store (plain moves on x86-64, no lock prefix), and the admin thread
+ * sums the workers' values on scrape. Nothing here is on a lock. */
+#ifndef WARD_PROXY_STATS_H
+#define WARD_PROXY_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "ward/tls.h"
+
+typedef struct {
+    atomic_uint_fast64_t v;
+} ward_counter_t;
+
+static inline void ward_counter_add(ward_counter_t *c, uint64_t n)
+{
+    atomic_store_explicit(&c->v, atomic_load_explicit(&c->v, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline void ward_counter_sub(ward_counter_t *c, uint64_t n)
+{
+    atomic_store_explicit(&c->v, atomic_load_explicit(&c->v, memory_order_relaxed) - n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t ward_counter_get(const ward_counter_t *c)
+{
+    return atomic_load_explicit(&c->v, memory_order_relaxed);
+}
+
+typedef enum { WARD_FLOW_TO_UPSTREAM = 0, WARD_FLOW_TO_DOWNSTREAM = 1 } ward_flow_t;
+
+typedef struct {
+    /* reason NONE = success */
+    ward_counter_t handshakes[WARD_DIR_COUNT][WARD_REASON_COUNT];
+    ward_counter_t resumed[WARD_DIR_COUNT];
+    ward_counter_t conns_total[WARD_DIR_COUNT];
+    ward_counter_t conns_open[WARD_DIR_COUNT];
+    ward_counter_t bytes[WARD_DIR_COUNT][2];
+    ward_counter_t upstream_connect_failures[WARD_DIR_COUNT];
+    ward_counter_t timeouts[WARD_DIR_COUNT];
+} ward_stats_t;
+
+/* Process-wide values owned by the main thread. */
+typedef struct {
+    ward_counter_t reloads_ok;
+    ward_counter_t reloads_failed;
+} ward_main_stats_t;
+
+/* Appends the Prometheus text exposition of the summed worker stats to a growing buffer.
+ * Returns 0 or WARD_ENOMEM. */
+typedef struct {
+    char *data;
+    size_t len;
+    size_t cap;
+} ward_strbuf_t;
+
+int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ward_strbuf_free(ward_strbuf_t *b);
+
+int ward_stats_render(ward_strbuf_t *out, const ward_stats_t *const *workers, size_t nworkers,
+                      const ward_main_stats_t *main_stats, int64_t cert_not_after);
+
+#endif

@@ -1,0 +1,218 @@
+/* worker.c — worker threads and their listeners (see worker.h). */
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "ward/alloc.h"
+#include "ward/log.h"
+
+#define WARD_ACCEPT_BATCH 64
+#define WARD_POOL_MAX_FREE 64
+
+static int ward__listen_socket(const ward_addr_t *a, int *out)
+{
+    int one = 1;
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+        goto fail;
+    if (a->ss.ss_family == AF_INET6 &&
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0)
+        goto fail;
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) != 0) goto fail;
+    if (listen(fd, 4096) != 0) goto fail;
+    *out = fd;
+    return 0;
+fail:;
+    int e = -errno;
+    close(fd);
+    return e;
+}
+
+int ward_worker_init(ward_worker_t *w, unsigned index, unsigned nworkers, ward_shared_t *shared,
+                     char *err, size_t errlen)
+{
+    const ward_config_t *cfg = shared->cfg;
+    memset(w, 0, sizeof(*w));
+    w->index = index;
+    w->shared = shared;
+    w->max_conns = (cfg->max_connections + nworkers - 1) / nworkers;
+    ward_pool_init(&w->pool, WARD_POOL_MAX_FREE);
+    int rc = uv_loop_init(&w->loop);
+    if (rc < 0) {
+        snprintf(err, errlen, "worker %u: uv_loop_init: %s", index, uv_strerror(rc));
+        return rc;
+    }
+    w->loop.data = w;
+    w->listeners = ward_calloc(cfg->nmaps, sizeof(*w->listeners));
+    w->sessions = ward_calloc(cfg->nmaps, sizeof(*w->sessions));
+    if (w->listeners == NULL || w->sessions == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return UV_ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->nmaps; i++) {
+        ward_listener_t *l = &w->listeners[i];
+        l->fd = -1;
+        l->w = w;
+        l->map = &cfg->maps[i];
+        rc = ward__listen_socket(&cfg->maps[i].listen, &l->fd);
+        if (rc < 0) {
+            char a[64];
+            snprintf(err, errlen, "cannot listen on %s for %s '%s': %s",
+                     ward_addr_format((const struct sockaddr *)&cfg->maps[i].listen.ss, a,
+                                      sizeof(a)),
+                     ward_dir_name(cfg->maps[i].dir), cfg->maps[i].spec, strerror(-rc));
+            return rc;
+        }
+        w->nlisteners++;
+    }
+    return 0;
+}
+
+static void ward__listener_closed(uv_handle_t *h)
+{
+    ward_listener_t *l = h->data;
+    close(l->fd);
+    l->fd = -1;
+}
+
+static void ward__on_accept(uv_poll_t *h, int status, int events)
+{
+    ward_listener_t *l = h->data;
+    ward_worker_t *w = l->w;
+    if (status < 0) return;
+    for (int i = 0; i < WARD_ACCEPT_BATCH; i++) {
+        if (w->nconns >= w->max_conns) {
+            /* At the cap: leave the rest in the kernel backlog until a connection closes. */
+            for (size_t k = 0; k < w->nlisteners; k++)
+                if (w->listeners[k].active) uv_poll_stop(&w->listeners[k].poll);
+            w->accept_paused = 1;
+            return;
+        }
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != ECONNABORTED)
+                ward_log_msg(WARD_LOG_WARN, "accept_failed", "accept on %s: %s", l->map->spec,
+                             strerror(errno));
+            return;
+        }
+        ward_conn_accept(w, l->map, (size_t)(l - w->listeners), fd);
+    }
+}
+
+static void ward__close_listeners(ward_worker_t *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        ward_listener_t *l = &w->listeners[i];
+        if (l->active) {
+            l->active = 0;
+            uv_close((uv_handle_t *)&l->poll, ward__listener_closed);
+        }
+    }
+}
+
+static void ward__maybe_finish(ward_worker_t *w)
+{
+    if (w->draining && w->nconns == 0 && !atomic_load(&w->drained)) {
+        atomic_store(&w->drained, 1);
+        uv_async_send(w->shared->worker_drained);
+    }
+}
+
+void ward_worker_conn_added(ward_worker_t *w, ward_conn_t *c)
+{
+    w->nconns++;
+}
+
+void ward_worker_conn_removed(ward_worker_t *w, ward_conn_t *c)
+{
+    w->nconns--;
+    if (w->accept_paused && !w->draining && w->nconns < w->max_conns) {
+        w->accept_paused = 0;
+        for (size_t k = 0; k < w->nlisteners; k++)
+            if (w->listeners[k].active)
+                uv_poll_start(&w->listeners[k].poll, UV_READABLE, ward__on_accept);
+    }
+    ward__maybe_finish(w);
+}
+
+static void ward__on_cmd(uv_async_t *a)
+{
+    ward_worker_t *w = a->data;
+    unsigned cmd = atomic_exchange(&w->cmd, 0);
+    if (cmd & WARD_CMD_DRAIN && !w->draining) {
+        w->draining = 1;
+        ward__close_listeners(w);
+    }
+    if (cmd & WARD_CMD_FORCE_CLOSE) {
+        w->draining = 1;
+        ward__close_listeners(w);
+        ward_conn_t *c = w->conns;
+        while (c != NULL) {
+            ward_conn_t *next = ward_conn_next(c);
+            ward_conn_abort(c, "drain deadline reached");
+            c = next;
+        }
+    }
+    if (cmd & WARD_CMD_STOP) {
+        ward__close_listeners(w);
+        uv_close((uv_handle_t *)&w->async, NULL);
+        return;
+    }
+    ward__maybe_finish(w);
+}
+
+static void ward__worker_main(void *arg)
+{
+    ward_worker_t *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+int ward_worker_start(ward_worker_t *w)
+{
+    int rc = uv_async_init(&w->loop, &w->async, ward__on_cmd);
+    if (rc < 0) return rc;
+    w->async.data = w;
+    for (size_t i = 0; i < w->nlisteners; i++) {
+        ward_listener_t *l = &w->listeners[i];
+        rc = uv_poll_init(&w->loop, &l->poll, l->fd);
+        if (rc < 0) return rc;
+        l->poll.data = l;
+        l->active = 1;
+        rc = uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
+        if (rc < 0) return rc;
+    }
+    return uv_thread_create(&w->thread, ward__worker_main, w);
+}
+
+void ward_worker_send(ward_worker_t *w, unsigned cmd)
+{
+    atomic_fetch_or(&w->cmd, cmd);
+    uv_async_send(&w->async);
+}
+
+void ward_worker_join(ward_worker_t *w)
+{
+    uv_thread_join(&w->thread);
+}
+
+void ward_worker_destroy(ward_worker_t *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (w->listeners && w->listeners[i].fd >= 0) close(w->listeners[i].fd);
+    if (w->sessions) {
+        for (size_t i = 0; i < w->nlisteners; i++) SSL_SESSION_free(w->sessions[i].sess);
+    }
+    ward_free(w->listeners);
+    ward_free(w->sessions);
+    ward_pool_destroy(&w->pool);
+    uv_loop_close(&w->loop);
+}

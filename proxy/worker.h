@@ -1,0 +1,86 @@
+/* worker.h — a worker thread: one libuv loop, its own SO_REUSEPORT listener per mapping, its own
+ * chunk pool, session cache and counters. Connections never leave the worker that accepted them.
+ * The main thread talks to a worker only through `cmd` bits + uv_async_send (drain, force close). */
+#ifndef WARD_PROXY_WORKER_H
+#define WARD_PROXY_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "identity_store.h"
+#include "stats.h"
+#include "ward/buf.h"
+
+typedef struct ward_worker ward_worker_t;
+typedef struct ward_conn ward_conn_t;
+
+typedef struct {
+    uv_poll_t poll;
+    int fd;
+    const ward_mapping_t *map;
+    ward_worker_t *w;
+    int active;
+} ward_listener_t;
+
+/* Outbound session cache: one resumable session per mapping, tied to the identity generation. */
+typedef struct {
+    SSL_SESSION *sess;
+    uint64_t generation;
+} ward_session_slot_t;
+
+/* Shared, read-only after start-up (except the identity store, which has its own lock). */
+typedef struct {
+    const ward_config_t *cfg;
+    ward_identity_store_t *store;
+    atomic_uint_fast64_t next_conn_id;
+    uv_async_t *worker_drained; /* main loop's async, signalled when a worker has drained */
+} ward_shared_t;
+
+/* DRAIN: stop accepting, let connections finish; the worker then sets `drained` and wakes main.
+ * FORCE_CLOSE: abort every open connection. STOP: close the loop's handles and end the thread
+ * (sent once, last: nothing is sent to a worker after STOP). */
+enum { WARD_CMD_DRAIN = 1u << 0, WARD_CMD_FORCE_CLOSE = 1u << 1, WARD_CMD_STOP = 1u << 2 };
+
+struct ward_worker {
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t async;
+    atomic_uint cmd;
+    unsigned index;
+    ward_shared_t *shared;
+    ward_listener_t *listeners; /* one per mapping */
+    size_t nlisteners;
+    ward_session_slot_t *sessions; /* one per mapping */
+    ward_pool_t pool;
+    ward_stats_t stats;
+    ward_conn_t *conns; /* doubly-linked list of open connections */
+    uint64_t nconns;
+    uint64_t max_conns; /* this worker's share of --max-connections */
+    int accept_paused;
+    int draining;
+    atomic_int drained;
+};
+
+/* Creates the worker's listening sockets (bound now, so errors surface at start-up).
+ * Returns 0 or a negative errno with err set. */
+int ward_worker_init(ward_worker_t *w, unsigned index, unsigned nworkers, ward_shared_t *shared,
+                     char *err, size_t errlen);
+int ward_worker_start(ward_worker_t *w);
+/* Thread-safe: sets cmd bits and wakes the worker. */
+void ward_worker_send(ward_worker_t *w, unsigned cmd);
+void ward_worker_join(ward_worker_t *w);
+void ward_worker_destroy(ward_worker_t *w);
+
+/* --- used by conn.c --- */
+void ward_worker_conn_added(ward_worker_t *w, ward_conn_t *c);
+void ward_worker_conn_removed(ward_worker_t *w, ward_conn_t *c);
+
+/* conn.c: starts a connection for an accepted fd. Takes ownership of fd. */
+void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_index, int fd);
+/* conn.c: closes a connection now (drain deadline, shutdown). */
+void ward_conn_abort(ward_conn_t *c, const char *why);
+ward_conn_t *ward_conn_next(ward_conn_t *c);
+
+#endif
