@@ -100,8 +100,8 @@ int ward_log_begin(ward_logline_t *l, ward_log_level_t level, const char *event)
     l->truncated = 0;
     int n = snprintf(l->buf, sizeof(l->buf),
                      "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ\",\"level\":\"%s\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (long)tv.tv_usec, ward__level_names[level]);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (long)tv.tv_usec, ward__level_names[level]);
     l->len = (size_t)n;
     ward_log_str(l, "event", event);
     return 1;

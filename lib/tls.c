@@ -19,8 +19,8 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#define WARD_TLS_MAX_CHAIN 8
-#define WARD_ALPN_TCP "ward-tcp"
+#define WARD_TLS_MAX_CHAIN      8
+#define WARD_ALPN_TCP           "ward-tcp"
 #define WARD_SESSION_LIFETIME_S 3600
 #define WARD_TLS12_CIPHERS                                                                         \
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
@@ -68,8 +68,7 @@ static int64_t ward__asn1_time_to_unix(const ASN1_TIME *t)
     int days = 0, secs = 0;
     ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
     int64_t out = 0;
-    if (epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t))
-        out = (int64_t)days * 86400 + secs;
+    if (epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t)) out = (int64_t)days * 86400 + secs;
     ASN1_TIME_free(epoch);
     return out;
 }
@@ -393,7 +392,8 @@ int ward_pem_read_certs(const char *file, uint8_t ***der_out, size_t **len_out)
     *len_out = lens;
     return n;
 fail:
-    for (int i = 0; i < n; i++) OPENSSL_free(der[i]);
+    for (int i = 0; i < n; i++)
+        OPENSSL_free(der[i]);
     ward_free(der);
     ward_free(lens);
     BIO_free(bio);
@@ -402,7 +402,8 @@ fail:
 
 static void ward__free_der(uint8_t **der, size_t *lens, int n)
 {
-    for (int i = 0; i < n; i++) OPENSSL_free(der[i]);
+    for (int i = 0; i < n; i++)
+        OPENSSL_free(der[i]);
     ward_free(der);
     ward_free(lens);
 }
@@ -427,8 +428,9 @@ static SSL_CTX *ward__ctx_new(ward_identity_t *id, int is_server, CRYPTO_BUFFER 
                                   ward__verify_cb);
         SSL_CTX_set_alpn_select_cb(ctx, ward__alpn_select, NULL);
         if (!SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1)) goto fail;
-        /* Stateless tickets only; their key is per snapshot, so a reload ends old sessions. */
-        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        /* Stateless tickets only (no server-side cache to grow); the ticket key is per snapshot,
+         * so a reload ends old sessions. */
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_INTERNAL);
     } else {
         SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, ward__verify_cb);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
@@ -581,7 +583,8 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
     id = NULL;
 
 out:
-    for (int i = 0; i < WARD_TLS_MAX_CHAIN; i++) CRYPTO_BUFFER_free(chain[i]);
+    for (int i = 0; i < WARD_TLS_MAX_CHAIN; i++)
+        CRYPTO_BUFFER_free(chain[i]);
     if (id != NULL) ward__identity_free(id);
     EVP_PKEY_free(key);
     BIO_free(kbio);
@@ -669,7 +672,8 @@ int ward_tls_finish(SSL *ssl, ward_tls_peer_t *peer)
      * keys are per snapshot); re-check the time window and the identity now. */
     const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(ssl);
     if (chain == NULL || sk_CRYPTO_BUFFER_num(chain) == 0) {
-        peer->reason = SSL_is_server(ssl) ? WARD_REASON_NO_CLIENT_CERT : WARD_REASON_BAD_CERTIFICATE;
+        peer->reason =
+            SSL_is_server(ssl) ? WARD_REASON_NO_CLIENT_CERT : WARD_REASON_BAD_CERTIFICATE;
         peer->detail = "resumed session carries no peer certificate";
         return WARD_ETLS;
     }

@@ -11,7 +11,7 @@
 #include "ward/log.h"
 
 #define WARD_ADMIN_MAX_REQUEST 8192
-#define WARD_ADMIN_MAX_PATH 256
+#define WARD_ADMIN_MAX_PATH    256
 
 typedef struct {
     uv_tcp_t tcp;
@@ -87,8 +87,10 @@ static void ward__admin_route(ward_admin_conn_t *ac)
     if (strcmp(ac->path, "/live") == 0) {
         ward__admin_respond(ac, 200, "text/plain", "live\n", 5, head);
     } else if (strcmp(ac->path, "/ready") == 0) {
-        if (a->is_ready(a->ctx)) ward__admin_respond(ac, 200, "text/plain", "ready\n", 6, head);
-        else ward__admin_respond(ac, 503, "text/plain", "not ready\n", 10, head);
+        if (a->is_ready(a->ctx))
+            ward__admin_respond(ac, 200, "text/plain", "ready\n", 6, head);
+        else
+            ward__admin_respond(ac, 503, "text/plain", "not ready\n", 10, head);
     } else if (strcmp(ac->path, "/metrics") == 0) {
         ward_strbuf_t out = {0};
         if (a->render_metrics(a->ctx, &out) < 0) {
@@ -180,8 +182,7 @@ int ward_admin_start(ward_admin_t *a, uv_loop_t *loop, const ward_addr_t *addr, 
     return 0;
 fail:
     snprintf(err, errlen, "admin listener %s: %s",
-             ward_addr_format((const struct sockaddr *)&addr->ss, as, sizeof(as)),
-             uv_strerror(rc));
+             ward_addr_format((const struct sockaddr *)&addr->ss, as, sizeof(as)), uv_strerror(rc));
     return rc;
 }
 

@@ -18,36 +18,36 @@ const char *ward_dir_name(ward_dir_t d)
 
 void ward_config_usage(FILE *out)
 {
-    fputs(
-        "usage: ward-proxy --cert FILE --key FILE --ca FILE [mappings] [options]\n"
-        "\n"
-        "ward's sidecar: upgrades traffic between workloads to mutual TLS and verifies SPIFFE ids.\n"
-        "\n"
-        "Identity (PEM files, reloaded when they change and on SIGHUP):\n"
-        "  --cert FILE              X509-SVID leaf (+ intermediates)            [WARD_CERT]\n"
-        "  --key FILE               its private key                             [WARD_KEY]\n"
-        "  --ca FILE                trust bundle (one or more roots)            [WARD_CA]\n"
-        "Mappings (repeatable; in the environment separate several with ';'):\n"
-        "  --inbound LISTEN=APP     accept mTLS on LISTEN, require + verify the client\n"
-        "                           certificate, forward plain TCP to APP       [WARD_INBOUND]\n"
-        "  --outbound LISTEN=PEER,identity=spiffe://TD/PATH\n"
-        "                           accept plain TCP on LISTEN, originate mTLS to the peer\n"
-        "                           sidecar at PEER, require exactly that id   [WARD_OUTBOUND]\n"
-        "Options:\n"
-        "  --admin ADDR             admin listener, or 'off' (127.0.0.1:15000)  [WARD_ADMIN]\n"
-        "  --workers N              worker threads (number of cores)            [WARD_WORKERS]\n"
-        "  --max-connections N      open connection cap (65536)       [WARD_MAX_CONNECTIONS]\n"
-        "  --connect-timeout D      upstream connect (5s)             [WARD_CONNECT_TIMEOUT]\n"
-        "  --handshake-timeout D    TLS handshake (10s)             [WARD_HANDSHAKE_TIMEOUT]\n"
-        "  --idle-timeout D         no bytes either way (1h)             [WARD_IDLE_TIMEOUT]\n"
-        "  --drain-timeout D        graceful drain on SIGTERM (30s)     [WARD_DRAIN_TIMEOUT]\n"
-        "  --reload-interval D      identity file check period (1s)   [WARD_RELOAD_INTERVAL]\n"
-        "  --log-level L            debug|info|warn|error (info)           [WARD_LOG_LEVEL]\n"
-        "  --help, --version\n"
-        "\n"
-        "Addresses: IP:PORT or [IPv6]:PORT (LISTEN may be :PORT). Durations: 250ms, 5s, 2m, 1h.\n"
-        "Admin endpoint: GET /ready, /live, /metrics (Prometheus text format).\n",
-        out);
+    fputs("usage: ward-proxy --cert FILE --key FILE --ca FILE [mappings] [options]\n"
+          "\n"
+          "ward's sidecar: upgrades traffic between workloads to mutual TLS and verifies SPIFFE "
+          "ids.\n"
+          "\n"
+          "Identity (PEM files, reloaded when they change and on SIGHUP):\n"
+          "  --cert FILE              X509-SVID leaf (+ intermediates)            [WARD_CERT]\n"
+          "  --key FILE               its private key                             [WARD_KEY]\n"
+          "  --ca FILE                trust bundle (one or more roots)            [WARD_CA]\n"
+          "Mappings (repeatable; in the environment separate several with ';'):\n"
+          "  --inbound LISTEN=APP     accept mTLS on LISTEN, require + verify the client\n"
+          "                           certificate, forward plain TCP to APP       [WARD_INBOUND]\n"
+          "  --outbound LISTEN=PEER,identity=spiffe://TD/PATH\n"
+          "                           accept plain TCP on LISTEN, originate mTLS to the peer\n"
+          "                           sidecar at PEER, require exactly that id   [WARD_OUTBOUND]\n"
+          "Options:\n"
+          "  --admin ADDR             admin listener, or 'off' (127.0.0.1:15000)  [WARD_ADMIN]\n"
+          "  --workers N              worker threads (number of cores)            [WARD_WORKERS]\n"
+          "  --max-connections N      open connection cap (65536)       [WARD_MAX_CONNECTIONS]\n"
+          "  --connect-timeout D      upstream connect (5s)             [WARD_CONNECT_TIMEOUT]\n"
+          "  --handshake-timeout D    TLS handshake (10s)             [WARD_HANDSHAKE_TIMEOUT]\n"
+          "  --idle-timeout D         no bytes either way (1h)             [WARD_IDLE_TIMEOUT]\n"
+          "  --drain-timeout D        graceful drain on SIGTERM (30s)     [WARD_DRAIN_TIMEOUT]\n"
+          "  --reload-interval D      identity file check period (1s)   [WARD_RELOAD_INTERVAL]\n"
+          "  --log-level L            debug|info|warn|error (info)           [WARD_LOG_LEVEL]\n"
+          "  --help, --version\n"
+          "\n"
+          "Addresses: IP:PORT or [IPv6]:PORT (LISTEN may be :PORT). Durations: 250ms, 5s, 2m, 1h.\n"
+          "Admin endpoint: GET /ready, /live, /metrics (Prometheus text format).\n",
+          out);
 }
 
 static int ward__cfg_err(char *err, size_t errlen, const char *fmt, const char *a, const char *b)
@@ -81,12 +81,12 @@ int ward_mapping_parse(ward_mapping_t *m, ward_dir_t dir, const char *spec, char
         const char *opt = comma + 1;
         static const char key[] = "identity=";
         if (strncmp(opt, key, sizeof(key) - 1) != 0)
-            return ward__cfg_err(err, errlen, "%s '%s': unknown option (expected identity=)",
-                                 flag, spec);
+            return ward__cfg_err(err, errlen, "%s '%s': unknown option (expected identity=)", flag,
+                                 spec);
         const char *id = opt + sizeof(key) - 1;
         if (dir == WARD_DIR_INBOUND)
-            return ward__cfg_err(err, errlen, "%s '%s': identity= applies to --outbound only",
-                                 flag, spec);
+            return ward__cfg_err(err, errlen, "%s '%s': identity= applies to --outbound only", flag,
+                                 spec);
         if (ward_spiffe_id_parse(id, strlen(id), NULL, &why) < 0) {
             snprintf(err, errlen, "%s '%s': identity is not a valid SPIFFE id: %s", flag, spec,
                      why);
@@ -129,7 +129,8 @@ static int ward__add_mapping_list(ward_config_t *cfg, ward_dir_t dir, const char
     int rc = 0;
     for (char *tok = strtok_r(copy, ";\n", &save); tok && rc == 0;
          tok = strtok_r(NULL, ";\n", &save)) {
-        while (*tok == ' ' || *tok == '\t') tok++;
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
         if (*tok) rc = ward__add_mapping(cfg, dir, tok, err, errlen);
     }
     ward_free(copy);
@@ -196,8 +197,9 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
     case OPT_CERT:
     case OPT_KEY:
     case OPT_CA: {
-        char **dst = opt == OPT_CERT ? &cfg->cert_file
-                                     : opt == OPT_KEY ? &cfg->key_file : &cfg->ca_file;
+        char **dst = opt == OPT_CERT  ? &cfg->cert_file
+                     : opt == OPT_KEY ? &cfg->key_file
+                                      : &cfg->ca_file;
         ward_free(*dst);
         *dst = ward_strdup(v);
         return *dst ? 0 : WARD_ENOMEM;
@@ -220,8 +222,8 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
         return 0;
     case OPT_MAXCONN:
         if (ward_parse_u64(v, 1, 10000000, &cfg->max_connections) < 0)
-            return ward__cfg_err(err, errlen, "%s '%s': expected a number from 1 to 10000000",
-                                 flag, v);
+            return ward__cfg_err(err, errlen, "%s '%s': expected a number from 1 to 10000000", flag,
+                                 v);
         return 0;
     case OPT_CONNECT_TO:
         return ward__set_duration(flag, v, &cfg->connect_timeout_ms, err, errlen);
@@ -283,8 +285,8 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
     for (size_t i = 0; i < WARD_NSCALARS; i++) {
         const char *v = getenv(ward__scalars[i].env);
         if (v != NULL && *v != '\0') {
-            rc = ward__apply_scalar(cfg, ward__scalars[i].opt, ward__scalars[i].env, v, err,
-                                    errlen);
+            rc =
+                ward__apply_scalar(cfg, ward__scalars[i].opt, ward__scalars[i].env, v, err, errlen);
             if (rc < 0) return rc;
         }
     }
@@ -304,8 +306,10 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         case OPT_OUTBOUND:
             rc = ward__add_mapping(cfg, c == OPT_INBOUND ? WARD_DIR_INBOUND : WARD_DIR_OUTBOUND,
                                    optarg, err, errlen);
-            if (c == OPT_INBOUND) cli_inbound = 1;
-            else cli_outbound = 1;
+            if (c == OPT_INBOUND)
+                cli_inbound = 1;
+            else
+                cli_outbound = 1;
             break;
         case ':':
             snprintf(err, errlen, "%s needs a value (see --help)", argv[optind - 1]);
@@ -336,8 +340,9 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         return rc;
 
     if (cfg->cert_file == NULL || cfg->key_file == NULL || cfg->ca_file == NULL) {
-        snprintf(err, errlen, "--cert, --key and --ca are required (or WARD_CERT, WARD_KEY, "
-                              "WARD_CA); see --help");
+        snprintf(err, errlen,
+                 "--cert, --key and --ca are required (or WARD_CERT, WARD_KEY, "
+                 "WARD_CA); see --help");
         return WARD_EINVAL;
     }
     if (cfg->nmaps == 0) {

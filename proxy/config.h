@@ -17,9 +17,9 @@ const char *ward_dir_name(ward_dir_t d);
 typedef struct {
     ward_dir_t dir;
     ward_addr_t listen;
-    ward_addr_t target;  /* the app (inbound) or the peer sidecar (outbound) */
-    char *identity;      /* outbound: SPIFFE id the peer must present; NULL for inbound */
-    char *spec;          /* the mapping as written, for logs */
+    ward_addr_t target; /* the app (inbound) or the peer sidecar (outbound) */
+    char *identity;     /* outbound: SPIFFE id the peer must present; NULL for inbound */
+    char *spec;         /* the mapping as written, for logs */
 } ward_mapping_t;
 
 typedef struct {

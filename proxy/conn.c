@@ -9,8 +9,8 @@
  * ourselves (plain read/write, or SSL_read/SSL_write on the fd through lib/tls): no memory BIO, no
  * copy between the socket and the one 16 KiB chunk in flight per direction. A direction reads only
  * when its chunk is empty, so a slow reader stops its writer (backpressure both ways), and an idle
- * connection holds no chunk. EOF on one side becomes a FIN / close_notify on the other (half-close).
- * Memory is freed only when the last libuv handle has closed. */
+ * connection holds no chunk. EOF on one side becomes a FIN / close_notify on the other
+ * (half-close). Memory is freed only when the last libuv handle has closed. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,13 +35,13 @@ static const char *const ward__state_names[] = {"connecting", "handshake", "prox
 
 /* Side flags. */
 enum {
-    WARD_SF_POLL = 1u << 0,       /* poll handle initialised */
-    WARD_SF_RD_EOF = 1u << 1,     /* no more bytes will come from this side */
-    WARD_SF_WR_SHUT = 1u << 2,    /* we have ended our writing toward this side */
-    WARD_SF_RD_WANT_W = 1u << 3,  /* TLS: the last read needs the socket writable */
-    WARD_SF_WR_WANT_R = 1u << 4,  /* TLS: the last write needs the socket readable */
-    WARD_SF_SHUT_PEND = 1u << 5,  /* close_notify still to be flushed */
-    WARD_SF_GOT_BYTES = 1u << 6,  /* at least one byte was read from this side */
+    WARD_SF_POLL = 1u << 0,      /* poll handle initialised */
+    WARD_SF_RD_EOF = 1u << 1,    /* no more bytes will come from this side */
+    WARD_SF_WR_SHUT = 1u << 2,   /* we have ended our writing toward this side */
+    WARD_SF_RD_WANT_W = 1u << 3, /* TLS: the last read needs the socket writable */
+    WARD_SF_WR_WANT_R = 1u << 4, /* TLS: the last write needs the socket readable */
+    WARD_SF_SHUT_PEND = 1u << 5, /* close_notify still to be flushed */
+    WARD_SF_GOT_BYTES = 1u << 6, /* at least one byte was read from this side */
 };
 
 typedef struct {
@@ -122,8 +122,10 @@ static void ward__conn_free(ward_conn_t *c)
     ward_pool_put(&w->pool, c->buf[1]);
     ward_tls_peer_reset(&c->peer);
     ward_identity_unref(c->ident);
-    if (c->prev) c->prev->next = c->next;
-    else w->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     ward_counter_sub(&w->stats.conns_open[c->dir], 1);
     ward_free(c);
@@ -179,8 +181,10 @@ static void ward__set_events(ward_side_t *s, unsigned ev)
 {
     if (s->events == ev || !(s->flags & WARD_SF_POLL)) return;
     s->events = (uint8_t)ev;
-    if (ev == 0) uv_poll_stop(&s->poll);
-    else uv_poll_start(&s->poll, (int)ev, ward__on_io);
+    if (ev == 0)
+        uv_poll_stop(&s->poll);
+    else
+        uv_poll_start(&s->poll, (int)ev, ward__on_io);
 }
 
 static void ward__timer_start(ward_conn_t *c, uv_timer_cb cb, uint64_t ms)
@@ -194,8 +198,10 @@ static ssize_t ward__side_read(ward_side_t *s, char *buf, size_t n)
 {
     if (s->ssl != NULL) {
         ssize_t r = ward_tls_read(s->ssl, buf, n);
-        if (r == WARD_IO_WANT_WRITE) s->flags |= WARD_SF_RD_WANT_W;
-        else s->flags &= (uint8_t)~WARD_SF_RD_WANT_W;
+        if (r == WARD_IO_WANT_WRITE)
+            s->flags |= WARD_SF_RD_WANT_W;
+        else
+            s->flags &= (uint8_t)~WARD_SF_RD_WANT_W;
         return r;
     }
     for (;;) {
@@ -210,8 +216,10 @@ static ssize_t ward__side_write(ward_side_t *s, const char *buf, size_t n)
 {
     if (s->ssl != NULL) {
         ssize_t r = ward_tls_write(s->ssl, buf, n);
-        if (r == WARD_IO_WANT_READ) s->flags |= WARD_SF_WR_WANT_R;
-        else s->flags &= (uint8_t)~WARD_SF_WR_WANT_R;
+        if (r == WARD_IO_WANT_READ)
+            s->flags |= WARD_SF_WR_WANT_R;
+        else
+            s->flags &= (uint8_t)~WARD_SF_WR_WANT_R;
         return r == WARD_IO_EOF ? WARD_IO_ERROR : r;
     }
     for (;;) {
@@ -468,8 +476,10 @@ static void ward__handshake(ward_conn_t *c)
         ward_log_end(&l);
     }
     ward__set_events(t, 0);
-    if (c->dir == WARD_DIR_INBOUND) ward__connect_upstream(c);
-    else ward__start_proxying(c);
+    if (c->dir == WARD_DIR_INBOUND)
+        ward__connect_upstream(c);
+    else
+        ward__start_proxying(c);
 }
 
 static void ward__start_handshake(ward_conn_t *c)
@@ -515,8 +525,10 @@ static void ward__connect_done(ward_conn_t *c)
         return;
     }
     ward__set_events(&c->up, 0);
-    if (c->dir == WARD_DIR_OUTBOUND) ward__start_handshake(c);
-    else ward__start_proxying(c);
+    if (c->dir == WARD_DIR_OUTBOUND)
+        ward__start_handshake(c);
+    else
+        ward__start_proxying(c);
 }
 
 static void ward__connect_upstream(ward_conn_t *c)
@@ -601,6 +613,8 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
         ward_conn_abort(c, "cannot watch downstream socket");
         return;
     }
-    if (c->dir == WARD_DIR_INBOUND) ward__start_handshake(c);
-    else ward__connect_upstream(c);
+    if (c->dir == WARD_DIR_INBOUND)
+        ward__start_handshake(c);
+    else
+        ward__connect_upstream(c);
 }

@@ -47,7 +47,8 @@ void ward_identity_store_check(ward_identity_store_t *s, int force)
     struct stat now[3];
     ward__stat_files(s, now);
     int changed = force;
-    for (int i = 0; i < 3; i++) changed |= !ward__stat_same(&now[i], &s->seen[i]);
+    for (int i = 0; i < 3; i++)
+        changed |= !ward__stat_same(&now[i], &s->seen[i]);
     if (!changed) return;
     memcpy(s->seen, now, sizeof(now));
 

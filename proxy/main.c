@@ -34,7 +34,8 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
 {
     ward_proxy_t *p = ctx;
     const ward_stats_t *stats[256];
-    for (unsigned i = 0; i < p->nworkers; i++) stats[i] = &p->workers[i].stats;
+    for (unsigned i = 0; i < p->nworkers; i++)
+        stats[i] = &p->workers[i].stats;
     ward_identity_t *id = ward_identity_store_get(&p->store);
     int rc = ward_stats_render(out, stats, p->nworkers, &p->stats, ward_identity_not_after(id));
     ward_identity_unref(id);
@@ -51,8 +52,10 @@ static void ward__stop_everything(ward_proxy_t *p)
 {
     if (p->stopped) return;
     p->stopped = 1;
-    for (unsigned i = 0; i < p->started; i++) ward_worker_send(&p->workers[i], WARD_CMD_STOP);
-    for (unsigned i = 0; i < p->started; i++) ward_worker_join(&p->workers[i]);
+    for (unsigned i = 0; i < p->started; i++)
+        ward_worker_send(&p->workers[i], WARD_CMD_STOP);
+    for (unsigned i = 0; i < p->started; i++)
+        ward_worker_join(&p->workers[i]);
     ward_admin_stop(&p->admin);
     ward_identity_store_stop(&p->store);
     uv_close((uv_handle_t *)&p->drained_async, NULL);
@@ -99,7 +102,8 @@ static void ward__on_signal(uv_signal_t *s, int signum)
                  "signal %d: no longer accepting; waiting up to %llums for open connections",
                  signum, (unsigned long long)p->cfg.drain_timeout_ms);
     uv_timer_start(&p->drain_timer, ward__on_drain_deadline, p->cfg.drain_timeout_ms, 0);
-    for (unsigned i = 0; i < p->started; i++) ward_worker_send(&p->workers[i], WARD_CMD_DRAIN);
+    for (unsigned i = 0; i < p->started; i++)
+        ward_worker_send(&p->workers[i], WARD_CMD_DRAIN);
 }
 
 static void ward__log_startup(ward_proxy_t *p)
@@ -113,8 +117,8 @@ static void ward__log_startup(ward_proxy_t *p)
         ward_log_i64(&l, "cert_not_after", ward_identity_not_after(id));
         ward_log_u64(&l, "workers", p->nworkers);
         if (p->cfg.admin_enabled)
-            ward_log_str(&l, "admin", ward_addr_format((struct sockaddr *)&p->cfg.admin.ss, a,
-                                                       sizeof(a)));
+            ward_log_str(&l, "admin",
+                         ward_addr_format((struct sockaddr *)&p->cfg.admin.ss, a, sizeof(a)));
         ward_log_end(&l);
     }
     for (size_t i = 0; i < p->cfg.nmaps; i++)
@@ -173,7 +177,8 @@ int main(int argc, char **argv)
         rc = ward_worker_init(&p.workers[i], i, p.nworkers, &p.shared, err, sizeof(err));
         if (rc < 0) {
             fprintf(stderr, "ward-proxy: %s\n", err);
-            for (unsigned k = 0; k <= i; k++) ward_worker_destroy(&p.workers[k]);
+            for (unsigned k = 0; k <= i; k++)
+                ward_worker_destroy(&p.workers[k]);
             ward_free(p.workers);
             p.workers = NULL;
             goto out;
@@ -185,7 +190,8 @@ int main(int argc, char **argv)
         p.admin.ctx = &p;
         if (ward_admin_start(&p.admin, p.loop, &p.cfg.admin, err, sizeof(err)) < 0) {
             fprintf(stderr, "ward-proxy: %s\n", err);
-            for (unsigned k = 0; k < p.nworkers; k++) ward_worker_destroy(&p.workers[k]);
+            for (unsigned k = 0; k < p.nworkers; k++)
+                ward_worker_destroy(&p.workers[k]);
             goto out;
         }
     }
@@ -205,7 +211,8 @@ int main(int argc, char **argv)
 
     uv_run(p.loop, UV_RUN_DEFAULT);
     exit_code = p.started == p.nworkers ? 0 : 1;
-    for (unsigned i = 0; i < p.nworkers; i++) ward_worker_destroy(&p.workers[i]);
+    for (unsigned i = 0; i < p.nworkers; i++)
+        ward_worker_destroy(&p.workers[i]);
     ward_log_msg(WARD_LOG_INFO, "exited", "shutdown complete");
 out:
     ward_free(p.workers);

@@ -22,7 +22,8 @@ int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
             return 0;
         }
         size_t ncap = b->cap ? b->cap * 2 : 4096;
-        while (ncap - b->len <= (size_t)n) ncap *= 2;
+        while (ncap - b->len <= (size_t)n)
+            ncap *= 2;
         char *nd = ward_realloc(b->data, ncap);
         if (nd == NULL) return WARD_ENOMEM;
         b->data = nd;
@@ -39,7 +40,8 @@ void ward_strbuf_free(ward_strbuf_t *b)
 #define SUM(field)                                                                                 \
     ({                                                                                             \
         uint64_t s_ = 0;                                                                           \
-        for (size_t w_ = 0; w_ < nworkers; w_++) s_ += ward_counter_get(&workers[w_]->field);      \
+        for (size_t w_ = 0; w_ < nworkers; w_++)                                                   \
+            s_ += ward_counter_get(&workers[w_]->field);                                           \
         s_;                                                                                        \
     })
 
@@ -57,11 +59,12 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
             uint64_t v = SUM(handshakes[d][r]);
             /* Success and the classic refusal reasons are always present, so rates start at 0. */
             if (v == 0 && r == WARD_REASON_TIMEOUT) continue;
-            rc |= ward_strbuf_printf(o,
-                                     "ward_tls_handshakes_total{direction=\"%s\",result=\"%s\","
-                                     "reason=\"%s\"} %llu\n",
-                                     ward_dir_name(d), r == WARD_REASON_NONE ? "success" : "failure",
-                                     ward_tls_reason_name(r), (unsigned long long)v);
+            rc |=
+                ward_strbuf_printf(o,
+                                   "ward_tls_handshakes_total{direction=\"%s\",result=\"%s\","
+                                   "reason=\"%s\"} %llu\n",
+                                   ward_dir_name(d), r == WARD_REASON_NONE ? "success" : "failure",
+                                   ward_tls_reason_name(r), (unsigned long long)v);
         }
     }
     rc |= ward_strbuf_printf(o, "# HELP ward_tls_resumed_total Handshakes that resumed a session.\n"

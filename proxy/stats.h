@@ -58,7 +58,8 @@ typedef struct {
     size_t cap;
 } ward_strbuf_t;
 
-int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void ward_strbuf_free(ward_strbuf_t *b);
 
 int ward_stats_render(ward_strbuf_t *out, const ward_stats_t *const *workers, size_t nworkers,

@@ -12,7 +12,7 @@
 #include "ward/alloc.h"
 #include "ward/log.h"
 
-#define WARD_ACCEPT_BATCH 64
+#define WARD_ACCEPT_BATCH  64
 #define WARD_POOL_MAX_FREE 64
 
 static int ward__listen_socket(const ward_addr_t *a, int *out)
@@ -65,10 +65,10 @@ int ward_worker_init(ward_worker_t *w, unsigned index, unsigned nworkers, ward_s
         rc = ward__listen_socket(&cfg->maps[i].listen, &l->fd);
         if (rc < 0) {
             char a[64];
-            snprintf(err, errlen, "cannot listen on %s for %s '%s': %s",
-                     ward_addr_format((const struct sockaddr *)&cfg->maps[i].listen.ss, a,
-                                      sizeof(a)),
-                     ward_dir_name(cfg->maps[i].dir), cfg->maps[i].spec, strerror(-rc));
+            snprintf(
+                err, errlen, "cannot listen on %s for %s '%s': %s",
+                ward_addr_format((const struct sockaddr *)&cfg->maps[i].listen.ss, a, sizeof(a)),
+                ward_dir_name(cfg->maps[i].dir), cfg->maps[i].spec, strerror(-rc));
             return rc;
         }
         w->nlisteners++;
@@ -209,7 +209,8 @@ void ward_worker_destroy(ward_worker_t *w)
     for (size_t i = 0; i < w->nlisteners; i++)
         if (w->listeners && w->listeners[i].fd >= 0) close(w->listeners[i].fd);
     if (w->sessions) {
-        for (size_t i = 0; i < w->nlisteners; i++) SSL_SESSION_free(w->sessions[i].sess);
+        for (size_t i = 0; i < w->nlisteners; i++)
+            SSL_SESSION_free(w->sessions[i].sess);
     }
     ward_free(w->listeners);
     ward_free(w->sessions);

@@ -1,6 +1,7 @@
 /* worker.h — a worker thread: one libuv loop, its own SO_REUSEPORT listener per mapping, its own
  * chunk pool, session cache and counters. Connections never leave the worker that accepted them.
- * The main thread talks to a worker only through `cmd` bits + uv_async_send (drain, force close). */
+ * The main thread talks to a worker only through `cmd` bits + uv_async_send (drain, force close).
+ */
 #ifndef WARD_PROXY_WORKER_H
 #define WARD_PROXY_WORKER_H
 

@@ -16,7 +16,8 @@ typedef struct {
 /* Parses "IP:PORT" or "[IPv6]:PORT"; with allow_any_host, ":PORT" means 0.0.0.0. "localhost" is
  * 127.0.0.1. Port 0 is accepted only with allow_any_host (ephemeral listener).
  * Returns 0 or WARD_EINVAL with *why set. */
-int ward_addr_parse(const char *s, size_t n, int allow_any_host, ward_addr_t *out, const char **why);
+int ward_addr_parse(const char *s, size_t n, int allow_any_host, ward_addr_t *out,
+                    const char **why);
 
 /* Formats as "IP:PORT" / "[IPv6]:PORT" into buf (at least 64 bytes). Returns buf. */
 char *ward_addr_format(const struct sockaddr *sa, char *buf, size_t size);

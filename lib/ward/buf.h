@@ -18,8 +18,8 @@ typedef struct ward_chunk {
 typedef struct {
     ward_chunk_t *free;
     size_t nfree;
-    size_t max_free;  /* chunks kept beyond this are returned to the allocator */
-    size_t in_use;    /* chunks handed out and not yet returned */
+    size_t max_free; /* chunks kept beyond this are returned to the allocator */
+    size_t in_use;   /* chunks handed out and not yet returned */
 } ward_pool_t;
 
 void ward_pool_init(ward_pool_t *p, size_t max_free);

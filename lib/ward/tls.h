@@ -51,7 +51,7 @@ uint64_t ward_identity_generation(const ward_identity_t *id);
 
 /* Per-connection verification state, attached to an SSL with ward_tls_peer_attach(). */
 typedef struct ward_tls_peer {
-    const char *expected_id; /* outbound: the exact SPIFFE id the server must present */
+    const char *expected_id;  /* outbound: the exact SPIFFE id the server must present */
     ward_tls_reason_t reason; /* set when verification or the handshake fails */
     const char *detail;       /* static explanation of the failure */
     char *peer_id;            /* verified peer SPIFFE id (heap, owned), after the handshake */
@@ -92,10 +92,10 @@ int ward_pem_read_certs(const char *file, uint8_t ***der, size_t **der_len);
  * Results: > 0 bytes moved; WARD_IO_EOF (close_notify or end of transport); WARD_IO_WANT_READ /
  * WARD_IO_WANT_WRITE (retry when the socket is readable / writable); WARD_IO_ERROR (fatal; a
  * following ward_tls_classify() says why). */
-#define WARD_IO_EOF 0
-#define WARD_IO_WANT_READ (-1)
+#define WARD_IO_EOF        0
+#define WARD_IO_WANT_READ  (-1)
 #define WARD_IO_WANT_WRITE (-2)
-#define WARD_IO_ERROR (-3)
+#define WARD_IO_ERROR      (-3)
 
 ssize_t ward_tls_read(SSL *ssl, void *buf, size_t n);
 /* The same (buf, n) must be passed again after a WANT result (the buffer may move). */
