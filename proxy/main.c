@@ -173,8 +173,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "ward-proxy: out of memory\n");
         goto out;
     }
+    p.shared.workers = p.workers;
+    p.shared.nworkers = p.nworkers;
     for (unsigned i = 0; i < p.nworkers; i++) {
-        rc = ward_worker_init(&p.workers[i], i, p.nworkers, &p.shared, err, sizeof(err));
+        rc = ward_worker_init(&p.workers[i], i, &p.shared, err, sizeof(err));
         if (rc < 0) {
             fprintf(stderr, "ward-proxy: %s\n", err);
             for (unsigned k = 0; k <= i; k++)

@@ -36,14 +36,13 @@ fail:;
     return e;
 }
 
-int ward_worker_init(ward_worker_t *w, unsigned index, unsigned nworkers, ward_shared_t *shared,
-                     char *err, size_t errlen)
+int ward_worker_init(ward_worker_t *w, unsigned index, ward_shared_t *shared, char *err,
+                     size_t errlen)
 {
     const ward_config_t *cfg = shared->cfg;
     memset(w, 0, sizeof(*w));
     w->index = index;
     w->shared = shared;
-    w->max_conns = (cfg->max_connections + nworkers - 1) / nworkers;
     ward_pool_init(&w->pool, WARD_POOL_MAX_FREE);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0) {
@@ -83,17 +82,42 @@ static void ward__listener_closed(uv_handle_t *h)
     l->fd = -1;
 }
 
+static void ward__pause_accept(ward_worker_t *w)
+{
+    if (w->accept_paused) return;
+    for (size_t k = 0; k < w->nlisteners; k++)
+        if (w->listeners[k].active) uv_poll_stop(&w->listeners[k].poll);
+    w->accept_paused = 1;
+    atomic_fetch_add(&w->shared->paused_workers, 1);
+}
+
+static int ward__at_cap(ward_worker_t *w)
+{
+    return atomic_load_explicit(&w->shared->open_conns, memory_order_relaxed) >=
+           w->shared->cfg->max_connections;
+}
+
+static void ward__on_accept(uv_poll_t *h, int status, int events);
+
+static void ward__resume_accept(ward_worker_t *w)
+{
+    if (!w->accept_paused || w->draining || ward__at_cap(w)) return;
+    w->accept_paused = 0;
+    atomic_fetch_sub(&w->shared->paused_workers, 1);
+    for (size_t k = 0; k < w->nlisteners; k++)
+        if (w->listeners[k].active)
+            uv_poll_start(&w->listeners[k].poll, UV_READABLE, ward__on_accept);
+}
+
 static void ward__on_accept(uv_poll_t *h, int status, int events)
 {
     ward_listener_t *l = h->data;
     ward_worker_t *w = l->w;
     if (status < 0) return;
     for (int i = 0; i < WARD_ACCEPT_BATCH; i++) {
-        if (w->nconns >= w->max_conns) {
+        if (ward__at_cap(w)) {
             /* At the cap: leave the rest in the kernel backlog until a connection closes. */
-            for (size_t k = 0; k < w->nlisteners; k++)
-                if (w->listeners[k].active) uv_poll_stop(&w->listeners[k].poll);
-            w->accept_paused = 1;
+            ward__pause_accept(w);
             return;
         }
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -130,16 +154,18 @@ static void ward__maybe_finish(ward_worker_t *w)
 void ward_worker_conn_added(ward_worker_t *w, ward_conn_t *c)
 {
     w->nconns++;
+    atomic_fetch_add_explicit(&w->shared->open_conns, 1, memory_order_relaxed);
 }
 
 void ward_worker_conn_removed(ward_worker_t *w, ward_conn_t *c)
 {
+    ward_shared_t *sh = w->shared;
     w->nconns--;
-    if (w->accept_paused && !w->draining && w->nconns < w->max_conns) {
-        w->accept_paused = 0;
-        for (size_t k = 0; k < w->nlisteners; k++)
-            if (w->listeners[k].active)
-                uv_poll_start(&w->listeners[k].poll, UV_READABLE, ward__on_accept);
+    atomic_fetch_sub_explicit(&sh->open_conns, 1, memory_order_relaxed);
+    if (atomic_load(&sh->paused_workers) > 0) {
+        ward__resume_accept(w);
+        for (unsigned i = 0; i < sh->nworkers; i++)
+            if (&sh->workers[i] != w) ward_worker_send(&sh->workers[i], WARD_CMD_RESUME);
     }
     ward__maybe_finish(w);
 }
@@ -148,6 +174,7 @@ static void ward__on_cmd(uv_async_t *a)
 {
     ward_worker_t *w = a->data;
     unsigned cmd = atomic_exchange(&w->cmd, 0);
+    if (cmd & WARD_CMD_RESUME) ward__resume_accept(w);
     if (cmd & WARD_CMD_DRAIN && !w->draining) {
         w->draining = 1;
         ward__close_listeners(w);

@@ -36,13 +36,25 @@ typedef struct {
     const ward_config_t *cfg;
     ward_identity_store_t *store;
     atomic_uint_fast64_t next_conn_id;
+    /* --max-connections is process-wide: one atomic add/sub per connection (never per byte). A
+     * worker at the cap stops polling its listeners; the next close anywhere wakes the paused
+     * workers (WARD_CMD_RESUME). */
+    atomic_uint_fast64_t open_conns;
+    atomic_uint paused_workers;
+    ward_worker_t *workers;
+    unsigned nworkers;
     uv_async_t *worker_drained; /* main loop's async, signalled when a worker has drained */
 } ward_shared_t;
 
 /* DRAIN: stop accepting, let connections finish; the worker then sets `drained` and wakes main.
  * FORCE_CLOSE: abort every open connection. STOP: close the loop's handles and end the thread
  * (sent once, last: nothing is sent to a worker after STOP). */
-enum { WARD_CMD_DRAIN = 1u << 0, WARD_CMD_FORCE_CLOSE = 1u << 1, WARD_CMD_STOP = 1u << 2 };
+enum {
+    WARD_CMD_DRAIN = 1u << 0,
+    WARD_CMD_FORCE_CLOSE = 1u << 1,
+    WARD_CMD_STOP = 1u << 2,
+    WARD_CMD_RESUME = 1u << 3
+};
 
 struct ward_worker {
     uv_loop_t loop;
@@ -58,7 +70,6 @@ struct ward_worker {
     ward_stats_t stats;
     ward_conn_t *conns; /* doubly-linked list of open connections */
     uint64_t nconns;
-    uint64_t max_conns; /* this worker's share of --max-connections */
     int accept_paused;
     int draining;
     atomic_int drained;
@@ -66,8 +77,8 @@ struct ward_worker {
 
 /* Creates the worker's listening sockets (bound now, so errors surface at start-up).
  * Returns 0 or a negative errno with err set. */
-int ward_worker_init(ward_worker_t *w, unsigned index, unsigned nworkers, ward_shared_t *shared,
-                     char *err, size_t errlen);
+int ward_worker_init(ward_worker_t *w, unsigned index, ward_shared_t *shared, char *err,
+                     size_t errlen);
 int ward_worker_start(ward_worker_t *w);
 /* Thread-safe: sets cmd bits and wakes the worker. */
 void ward_worker_send(ward_worker_t *w, unsigned cmd);
