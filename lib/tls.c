@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/pool.h>
@@ -45,6 +47,7 @@ static int ward__ex_identity = -1;
 /* Shared by every snapshot for the life of the process: identical certificates from many
  * connections collapse to one buffer. Internally locked. */
 static CRYPTO_BUFFER_POOL *ward__pool;
+static BIO_METHOD *ward__rbio_method;
 static atomic_uint_fast64_t ward__generation;
 
 static const char *const ward__reason_names[WARD_REASON_COUNT] = {
@@ -56,11 +59,88 @@ const char *ward_tls_reason_name(ward_tls_reason_t r)
     return (unsigned)r < WARD_REASON_COUNT ? ward__reason_names[r] : "unknown";
 }
 
+/* --- the chunked read BIO (see ward_tls_io_t) -------------------------------------------- */
+
+static int ward__rbio_read(BIO *b, char *out, int len)
+{
+    ward_tls_io_t *io = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0) return 0;
+    if (io->rx == NULL) {
+        io->rx = ward_pool_get(io->pool);
+        if (io->rx == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        ssize_t n;
+        do {
+            n = read(io->fd, io->rx->data, WARD_CHUNK_SIZE);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            int e = errno;
+            ward_pool_put(io->pool, io->rx);
+            io->rx = NULL;
+            errno = e;
+            if (n == 0) return 0;
+            if (e == EAGAIN) {
+                io->drained = 1;
+                BIO_set_retry_read(b);
+            }
+            return -1;
+        }
+        io->rx->len = (size_t)n;
+        io->drained = n < WARD_CHUNK_SIZE;
+    }
+    size_t avail = io->rx->len - io->rx->off;
+    size_t k = avail < (size_t)len ? avail : (size_t)len;
+    memcpy(out, io->rx->data + io->rx->off, k);
+    io->rx->off += k;
+    if (io->rx->off == io->rx->len) {
+        ward_pool_put(io->pool, io->rx);
+        io->rx = NULL;
+    }
+    return (int)k;
+}
+
+static long ward__rbio_ctrl(BIO *b, int cmd, long larg, void *parg)
+{
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int ward__rbio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *ward__rbio_method_new(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_TYPE_SOURCE_SINK, "ward chunked socket reader");
+    if (m == NULL || !BIO_meth_set_read(m, ward__rbio_read) ||
+        !BIO_meth_set_ctrl(m, ward__rbio_ctrl) || !BIO_meth_set_create(m, ward__rbio_create)) {
+        BIO_meth_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+int ward_tls_buffered(const SSL *ssl, const ward_tls_io_t *io)
+{
+    return io->rx != NULL || SSL_has_pending(ssl);
+}
+
+void ward_tls_io_release(ward_tls_io_t *io)
+{
+    ward_pool_put(io->pool, io->rx);
+    io->rx = NULL;
+}
+
 static void ward__tls_init_once(void)
 {
     ward__ex_peer = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     ward__ex_identity = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     ward__pool = CRYPTO_BUFFER_POOL_new();
+    ward__rbio_method = ward__rbio_method_new();
 }
 
 static int64_t ward__asn1_time_to_unix(const ASN1_TIME *t)
@@ -639,12 +719,20 @@ uint64_t ward_identity_generation(const ward_identity_t *id)
 
 /* --- per connection ------------------------------------------------------------------------- */
 
-SSL *ward_tls_new(const ward_identity_t *id, int is_server, int fd, ward_tls_peer_t *peer)
+SSL *ward_tls_new(const ward_identity_t *id, int is_server, ward_tls_io_t *io,
+                  ward_tls_peer_t *peer)
 {
     static const uint8_t alpn[] = "\x08" WARD_ALPN_TCP;
+    BIO *rbio = NULL, *wbio = NULL;
     SSL *ssl = SSL_new(is_server ? id->server : id->client);
-    if (ssl == NULL) goto fail;
-    if (!SSL_set_fd(ssl, fd) || !SSL_set_ex_data(ssl, ward__ex_peer, peer)) goto fail;
+    if (ssl == NULL || ward__rbio_method == NULL) goto fail;
+    rbio = BIO_new(ward__rbio_method);
+    wbio = BIO_new_socket(io->fd, BIO_NOCLOSE);
+    if (rbio == NULL || wbio == NULL) goto fail;
+    BIO_set_data(rbio, io);
+    SSL_set_bio(ssl, rbio, wbio); /* the SSL owns both now */
+    rbio = wbio = NULL;
+    if (!SSL_set_ex_data(ssl, ward__ex_peer, peer)) goto fail;
     if (is_server) {
         SSL_set_accept_state(ssl);
     } else {
@@ -656,6 +744,8 @@ SSL *ward_tls_new(const ward_identity_t *id, int is_server, int fd, ward_tls_pee
     return ssl;
 fail:
     ERR_clear_error();
+    BIO_free(rbio);
+    BIO_free(wbio);
     SSL_free(ssl);
     return NULL;
 }

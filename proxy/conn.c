@@ -42,12 +42,14 @@ enum {
     WARD_SF_WR_WANT_R = 1u << 4, /* TLS: the last write needs the socket readable */
     WARD_SF_SHUT_PEND = 1u << 5, /* close_notify still to be flushed */
     WARD_SF_GOT_BYTES = 1u << 6, /* at least one byte was read from this side */
+    WARD_SF_DRAINED = 1u << 7,   /* plain: the last read was short (kernel buffer empty then) */
 };
 
 typedef struct {
     uv_poll_t poll;
     int fd;
-    SSL *ssl; /* NULL on the plain side */
+    SSL *ssl;         /* NULL on the plain side */
+    ward_tls_io_t io; /* the TLS side's receive buffer (see ward/tls.h) */
     uint8_t flags;
     uint8_t events; /* what the poll handle is started with */
 } ward_side_t;
@@ -116,6 +118,8 @@ static void ward__conn_free(ward_conn_t *c)
     }
     ward_tls_free(c->down.ssl);
     ward_tls_free(c->up.ssl);
+    if (c->down.ssl) ward_tls_io_release(&c->down.io);
+    if (c->up.ssl) ward_tls_io_release(&c->up.io);
     if (c->down.fd >= 0) close(c->down.fd);
     if (c->up.fd >= 0) close(c->up.fd);
     ward_pool_put(&w->pool, c->buf[0]);
@@ -206,10 +210,36 @@ static ssize_t ward__side_read(ward_side_t *s, char *buf, size_t n)
     }
     for (;;) {
         ssize_t r = read(s->fd, buf, n);
-        if (r >= 0) return r; /* 0 == WARD_IO_EOF */
+        if (r >= 0) {
+            if ((size_t)r < n) s->flags |= WARD_SF_DRAINED;
+            return r; /* 0 == WARD_IO_EOF */
+        }
         if (errno == EINTR) continue;
-        return errno == EAGAIN ? WARD_IO_WANT_READ : WARD_IO_ERROR;
+        if (errno == EAGAIN) {
+            s->flags |= WARD_SF_DRAINED;
+            return WARD_IO_WANT_READ;
+        }
+        return WARD_IO_ERROR;
     }
+}
+
+/* Bytes already received from s that no poll event will announce. */
+static int ward__side_buffered(const ward_side_t *s)
+{
+    return s->ssl != NULL && ward_tls_buffered(s->ssl, &s->io);
+}
+
+/* The last read from s found the kernel buffer empty: wait for the poll event rather than spend a
+ * system call on EAGAIN. */
+static int ward__side_drained(const ward_side_t *s)
+{
+    return s->ssl != NULL ? s->io.drained : (s->flags & WARD_SF_DRAINED) != 0;
+}
+
+static void ward__side_readable(ward_side_t *s)
+{
+    s->flags &= (uint8_t)~WARD_SF_DRAINED;
+    s->io.drained = 0;
 }
 
 static ssize_t ward__side_write(ward_side_t *s, const char *buf, size_t n)
@@ -255,7 +285,7 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
 {
     ward_worker_t *w = c->w;
     ward_chunk_t **bp = &c->buf[flow];
-    for (int round = 0; round < WARD_PUMP_ROUNDS; round++) {
+    for (int round = 0;; round++) {
         ward_chunk_t *b = *bp;
         if (b != NULL && b->off < b->len) {
             ssize_t n = ward__side_write(dst, b->data + b->off, b->len - b->off);
@@ -280,6 +310,10 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
             }
             return 0;
         }
+        /* Buffered bytes are always drained (at most one chunk); a new system call only while
+         * the round budget lasts and the socket may hold more. */
+        if (!ward__side_buffered(src) && (round >= WARD_PUMP_ROUNDS || ward__side_drained(src)))
+            return 0;
         b = ward_pool_get(&w->pool);
         if (b == NULL) {
             *failed = src;
@@ -304,7 +338,6 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
         *failed = src;
         return WARD_IO_ERROR;
     }
-    return 0;
 }
 
 /* What side s needs from its poll handle: readable while its inbound chunk is empty, writable while
@@ -355,6 +388,7 @@ static void ward__proxy(ward_conn_t *c, ward_side_t *fired, int events)
     /* Pump only the directions this event can move: reading from the side that fired, writing to
      * it. `fired` NULL means both (first entry into the phase). */
     int do_up = 1, do_down = 1;
+    if (fired != NULL && (events & (UV_READABLE | UV_DISCONNECT))) ward__side_readable(fired);
     if (fired != NULL) {
         int rd = (events & (UV_READABLE | UV_DISCONNECT)) != 0, wr = (events & UV_WRITABLE) != 0;
         int src_up = fired == d, wr_want_r = (fired->flags & WARD_SF_WR_WANT_R) != 0;
@@ -488,7 +522,9 @@ static void ward__start_handshake(ward_conn_t *c)
     int is_server = c->dir == WARD_DIR_INBOUND;
     c->peer.expected_id = c->map->identity;
     if (!is_server) c->peer.on_new_session = ward__new_session;
-    t->ssl = ward_tls_new(c->ident, is_server, t->fd, &c->peer);
+    t->io.fd = t->fd;
+    t->io.pool = &c->w->pool;
+    t->ssl = ward_tls_new(c->ident, is_server, &t->io, &c->peer);
     if (t->ssl == NULL) {
         ward_conn_abort(c, "out of memory creating TLS state");
         return;

@@ -14,6 +14,8 @@
 
 #include <openssl/ssl.h>
 
+#include "ward/buf.h"
+
 typedef enum {
     WARD_REASON_NONE = 0,
     WARD_REASON_EXPIRED,
@@ -61,9 +63,27 @@ typedef struct ward_tls_peer {
     int (*on_new_session)(struct ward_tls_peer *peer, SSL_SESSION *sess);
 } ward_tls_peer_t;
 
-/* Creates an SSL for one connection on fd from the snapshot's server (is_server) or client ctx.
- * Returns NULL on allocation failure. */
-SSL *ward_tls_new(const ward_identity_t *id, int is_server, int fd, ward_tls_peer_t *peer);
+/* The receive side of a connection's TLS socket. BoringSSL has no read-ahead: through a plain
+ * socket BIO it makes two read(2) calls per record (header, then body) and a third that fails with
+ * EAGAIN. ward's read BIO instead reads up to a whole 16 KiB chunk of ciphertext per system call
+ * (several records at once) into a chunk from the worker's pool and serves BoringSSL from it; the
+ * chunk goes back to the pool as soon as it is empty. Embedded in the connection, owned by it. */
+typedef struct {
+    int fd;
+    int drained;      /* the last read(2) was short: the kernel buffer was empty then */
+    ward_chunk_t *rx; /* ciphertext read but not yet consumed, or NULL */
+    ward_pool_t *pool;
+} ward_tls_io_t;
+
+/* Creates an SSL for one connection from the snapshot's server (is_server) or client ctx, reading
+ * through io and writing straight to io->fd. Returns NULL on allocation failure. */
+SSL *ward_tls_new(const ward_identity_t *id, int is_server, ward_tls_io_t *io,
+                  ward_tls_peer_t *peer);
+/* 1 if bytes received on the socket wait in io or in the SSL (so no poll event will announce
+ * them), else 0. */
+int ward_tls_buffered(const SSL *ssl, const ward_tls_io_t *io);
+/* Returns io's chunk to its pool (call when the connection ends). */
+void ward_tls_io_release(ward_tls_io_t *io);
 
 /* Completes verification after a successful handshake: on a resumed session (where no chain was
  * verified now) re-checks the stored peer certificate's validity window and identity; fills
