@@ -7,7 +7,7 @@
  * Phases: accept -> (outbound: connect -> TLS handshake) | (inbound: TLS handshake -> connect)
  * -> proxying -> closing. Each half is a uv_poll_t on a non-blocking socket that we read and write
  * ourselves (plain read/write, or SSL_read/SSL_write on the fd through lib/tls): no memory BIO, no
- * copy between the socket and the one 16 KiB chunk in flight per direction. A direction reads only
+ * copy between the socket and the one 64 KiB chunk in flight per direction. A direction reads only
  * when its chunk is empty, so a slow reader stops its writer (backpressure both ways), and an idle
  * connection holds no chunk. EOF on one side becomes a FIN / close_notify on the other
  * (half-close). Memory is freed only when the last libuv handle has closed. */

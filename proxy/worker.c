@@ -13,7 +13,7 @@
 #include "ward/log.h"
 
 #define WARD_ACCEPT_BATCH  64
-#define WARD_POOL_MAX_FREE 64
+#define WARD_POOL_MAX_FREE 16 /* 1 MiB of free chunks kept per worker at most */
 
 static int ward__listen_socket(const ward_addr_t *a, int *out)
 {
