@@ -534,15 +534,12 @@ static void ward__identity_free(ward_identity_t *id)
     ward_free(id);
 }
 
-int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
-                       ward_identity_t **out, char *err, size_t errlen)
+int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
+                      EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
+                      size_t nroots, ward_identity_t **out, char *err, size_t errlen)
 {
-    uint8_t **cder = NULL, **bder = NULL;
-    size_t *clen = NULL, *blen = NULL;
-    int ncert = 0, nbundle = 0, rc = 0;
+    int rc = 0;
     X509 *leaf = NULL;
-    EVP_PKEY *key = NULL;
-    BIO *kbio = NULL;
     CRYPTO_BUFFER *chain[WARD_TLS_MAX_CHAIN] = {0};
     const char *why = NULL;
     ward_identity_t *id = NULL;
@@ -552,44 +549,25 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
         snprintf(err, errlen, "out of memory");
         return WARD_ENOMEM;
     }
-
-    ncert = ward_pem_read_certs(cert_file, &cder, &clen);
-    if (ncert < 0) {
-        snprintf(err, errlen, "%s: no readable PEM certificate (%s)", cert_file,
-                 ward_strerror(ncert));
-        rc = WARD_ECERT;
-        goto out;
+    if (nchain == 0 || nchain > WARD_TLS_MAX_CHAIN) {
+        snprintf(err, errlen, "certificate chain must hold 1 to %d certificates",
+                 WARD_TLS_MAX_CHAIN);
+        return WARD_ECERT;
     }
-    if (ncert > WARD_TLS_MAX_CHAIN) {
-        snprintf(err, errlen, "%s: more than %d certificates", cert_file, WARD_TLS_MAX_CHAIN);
-        rc = WARD_ECERT;
-        goto out;
+    if (nroots == 0) {
+        snprintf(err, errlen, "trust bundle is empty");
+        return WARD_EBUNDLE;
     }
-    const uint8_t *p = cder[0];
-    leaf = d2i_X509(NULL, &p, (long)clen[0]);
+    const uint8_t *p = chain_der[0];
+    leaf = d2i_X509(NULL, &p, (long)chain_len[0]);
     if (leaf == NULL) {
-        snprintf(err, errlen, "%s: first certificate does not parse", cert_file);
+        snprintf(err, errlen, "leaf certificate does not parse");
         rc = WARD_ECERT;
         goto out;
     }
-
-    kbio = BIO_new_file(key_file, "r");
-    if (kbio == NULL || (key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL)) == NULL) {
-        snprintf(err, errlen, "%s: no readable PEM private key", key_file);
-        rc = WARD_EKEY;
-        goto out;
-    }
-    if (!X509_check_private_key(leaf, key)) {
-        snprintf(err, errlen, "%s does not match the certificate in %s", key_file, cert_file);
+    if (key == NULL || !X509_check_private_key(leaf, key)) {
+        snprintf(err, errlen, "private key does not match the leaf certificate");
         rc = WARD_EKEYMISMATCH;
-        goto out;
-    }
-
-    nbundle = ward_pem_read_certs(ca_file, &bder, &blen);
-    if (nbundle < 0) {
-        snprintf(err, errlen, "%s: no readable PEM certificate in the trust bundle (%s)", ca_file,
-                 ward_strerror(nbundle));
-        rc = WARD_EBUNDLE;
         goto out;
     }
 
@@ -600,11 +578,11 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
         goto out;
     }
     atomic_init(&id->refs, 1);
-    for (int i = 0; i < nbundle; i++) {
-        p = bder[i];
-        X509 *root = d2i_X509(NULL, &p, (long)blen[i]);
+    for (size_t i = 0; i < nroots; i++) {
+        p = roots_der[i];
+        X509 *root = d2i_X509(NULL, &p, (long)roots_len[i]);
         if (root == NULL || !(X509_get_extension_flags(root) & EXFLAG_CA)) {
-            snprintf(err, errlen, "%s: certificate #%d is %s", ca_file, i + 1,
+            snprintf(err, errlen, "trust bundle certificate #%zu is %s", i + 1,
                      root ? "not a CA certificate" : "malformed");
             X509_free(root);
             rc = WARD_EBUNDLE;
@@ -613,7 +591,7 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
         int ok = X509_STORE_add_cert(id->store, root);
         X509_free(root);
         if (!ok) {
-            snprintf(err, errlen, "%s: certificate #%d could not be added", ca_file, i + 1);
+            snprintf(err, errlen, "trust bundle certificate #%zu could not be added", i + 1);
             rc = WARD_EBUNDLE;
             goto out;
         }
@@ -621,7 +599,7 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
 
     ward_tls_reason_t shape = ward__svid_shape(leaf, &id->spiffe_id, &why);
     if (shape != WARD_REASON_NONE) {
-        snprintf(err, errlen, "%s: not a valid X509-SVID: %s", cert_file, why);
+        snprintf(err, errlen, "not a valid X509-SVID: %s", why);
         rc = WARD_ESPIFFE;
         goto out;
     }
@@ -633,28 +611,28 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
 
     /* Our own chain must verify against our bundle: catches a half-rotated set of files. */
     char *self_id = NULL;
-    ward_tls_reason_t self = ward_tls_verify_chain(id, (const uint8_t *const *)cder, clen,
-                                                   (size_t)ncert, NULL, 1, &why, &self_id);
+    ward_tls_reason_t self =
+        ward_tls_verify_chain(id, chain_der, chain_len, nchain, NULL, 1, &why, &self_id);
     ward_free(self_id);
     if (self != WARD_REASON_NONE) {
-        snprintf(err, errlen, "%s does not verify against the bundle %s: %s (%s)", cert_file,
-                 ca_file, ward_tls_reason_name(self), why);
+        snprintf(err, errlen, "certificate does not verify against the trust bundle: %s (%s)",
+                 ward_tls_reason_name(self), why);
         rc = WARD_ECERT;
         goto out;
     }
 
-    for (int i = 0; i < ncert; i++) {
-        chain[i] = CRYPTO_BUFFER_new(cder[i], clen[i], ward__pool);
+    for (size_t i = 0; i < nchain; i++) {
+        chain[i] = CRYPTO_BUFFER_new(chain_der[i], chain_len[i], ward__pool);
         if (chain[i] == NULL) {
             snprintf(err, errlen, "out of memory");
             rc = WARD_ENOMEM;
             goto out;
         }
     }
-    id->server = ward__ctx_new(id, 1, chain, (size_t)ncert, key);
-    id->client = ward__ctx_new(id, 0, chain, (size_t)ncert, key);
+    id->server = ward__ctx_new(id, 1, chain, nchain, key);
+    id->client = ward__ctx_new(id, 0, chain, nchain, key);
     if (id->server == NULL || id->client == NULL) {
-        snprintf(err, errlen, "could not build TLS contexts from %s / %s", cert_file, key_file);
+        snprintf(err, errlen, "could not build TLS contexts");
         rc = WARD_ETLS;
         goto out;
     }
@@ -666,9 +644,53 @@ out:
     for (int i = 0; i < WARD_TLS_MAX_CHAIN; i++)
         CRYPTO_BUFFER_free(chain[i]);
     if (id != NULL) ward__identity_free(id);
+    X509_free(leaf);
+    ERR_clear_error();
+    return rc;
+}
+
+int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
+                       ward_identity_t **out, char *err, size_t errlen)
+{
+    uint8_t **cder = NULL, **bder = NULL;
+    size_t *clen = NULL, *blen = NULL;
+    int ncert = 0, nbundle = 0, rc = 0;
+    EVP_PKEY *key = NULL;
+    BIO *kbio = NULL;
+    char why[384];
+
+    ncert = ward_pem_read_certs(cert_file, &cder, &clen);
+    if (ncert < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate (%s)", cert_file,
+                 ward_strerror(ncert));
+        rc = WARD_ECERT;
+        goto out;
+    }
+    kbio = BIO_new_file(key_file, "r");
+    if (kbio == NULL || (key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL)) == NULL) {
+        snprintf(err, errlen, "%s: no readable PEM private key", key_file);
+        rc = WARD_EKEY;
+        goto out;
+    }
+    nbundle = ward_pem_read_certs(ca_file, &bder, &blen);
+    if (nbundle < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate in the trust bundle (%s)", ca_file,
+                 ward_strerror(nbundle));
+        rc = WARD_EBUNDLE;
+        goto out;
+    }
+    rc = ward_identity_new((const uint8_t *const *)cder, clen, (size_t)ncert, key,
+                           (const uint8_t *const *)bder, blen, (size_t)nbundle, out, why,
+                           sizeof(why));
+    if (rc < 0) {
+        const char *subject = rc == WARD_EKEYMISMATCH ? key_file
+                              : rc == WARD_EBUNDLE    ? ca_file
+                                                      : cert_file;
+        snprintf(err, errlen, "%s: %s", subject, why);
+    }
+out:
     EVP_PKEY_free(key);
     BIO_free(kbio);
-    X509_free(leaf);
     if (ncert > 0) ward__free_der(cder, clen, ncert);
     if (nbundle > 0) ward__free_der(bder, blen, nbundle);
     ERR_clear_error();

@@ -40,6 +40,12 @@ typedef struct ward_identity ward_identity_t;
  * human explanation into err[errlen]. *out gets one reference. */
 int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
                        ward_identity_t **out, char *err, size_t errlen);
+/* Builds a snapshot from memory: DER chain (leaf first), the leaf's private key (the snapshot takes
+ * its own reference; the caller keeps theirs) and DER trust bundle roots. Same checks and errors
+ * as ward_identity_load (which reads the files and calls this). */
+int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
+                      EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
+                      size_t nroots, ward_identity_t **out, char *err, size_t errlen);
 ward_identity_t *ward_identity_ref(ward_identity_t *id);
 void ward_identity_unref(ward_identity_t *id);
 
