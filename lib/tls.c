@@ -387,8 +387,9 @@ static enum ssl_verify_result_t ward__verify_cb(SSL *ssl, uint8_t *out_alert)
 static int ward__alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
                              unsigned in_len, void *arg)
 {
-    static const char proto[] = WARD_ALPN_TCP;
-    const size_t plen = sizeof(proto) - 1;
+    const ward_tls_peer_t *peer = SSL_get_ex_data(ssl, ward__ex_peer);
+    const char *proto = peer && peer->alpn ? peer->alpn : WARD_ALPN_TCP;
+    const size_t plen = strlen(proto);
     for (unsigned i = 0; i < in_len;) {
         unsigned l = in[i];
         if (i + 1 + l > in_len) break;
@@ -498,7 +499,7 @@ static SSL_CTX *ward__ctx_new(ward_identity_t *id, int is_server, CRYPTO_BUFFER 
         !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
         !SSL_CTX_set_strict_cipher_list(ctx, WARD_TLS12_CIPHERS) ||
         !SSL_CTX_set1_curves_list(ctx, "X25519:P-256") ||
-        !SSL_CTX_set_chain_and_key(ctx, chain, chain_len, key, NULL) ||
+        (chain_len > 0 && !SSL_CTX_set_chain_and_key(ctx, chain, chain_len, key, NULL)) ||
         !SSL_CTX_set_ex_data(ctx, ward__ex_identity, id))
         goto fail;
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
@@ -649,6 +650,68 @@ out:
     return rc;
 }
 
+int ward_identity_trust_only(const uint8_t *const *roots_der, const size_t *roots_len,
+                             size_t nroots, const char *trust_domain, ward_identity_t **out,
+                             char *err, size_t errlen)
+{
+    int rc = 0;
+    const char *why = NULL;
+    ward_identity_t *id = NULL;
+
+    pthread_once(&ward__tls_once, ward__tls_init_once);
+    if (ward_spiffe_td_validate(trust_domain, strlen(trust_domain), &why) < 0) {
+        snprintf(err, errlen, "trust domain '%s': %s", trust_domain, why);
+        return WARD_ESPIFFE;
+    }
+    if (nroots == 0) {
+        snprintf(err, errlen, "trust bundle is empty");
+        return WARD_EBUNDLE;
+    }
+    id = ward_calloc(1, sizeof(*id));
+    if (id == NULL || (id->store = X509_STORE_new()) == NULL) {
+        rc = WARD_ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    atomic_init(&id->refs, 1);
+    for (size_t i = 0; i < nroots; i++) {
+        const uint8_t *p = roots_der[i];
+        X509 *root = d2i_X509(NULL, &p, (long)roots_len[i]);
+        int ok = root != NULL && (X509_get_extension_flags(root) & EXFLAG_CA) &&
+                 X509_STORE_add_cert(id->store, root);
+        X509_free(root);
+        if (!ok) {
+            snprintf(err, errlen, "trust bundle certificate #%zu is not a usable CA certificate",
+                     i + 1);
+            rc = WARD_EBUNDLE;
+            goto out;
+        }
+    }
+    size_t tdl = strlen(trust_domain);
+    id->spiffe_id = ward_malloc(9 + tdl + 1);
+    if (id->spiffe_id == NULL) {
+        rc = WARD_ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    memcpy(id->spiffe_id, "spiffe://", 9);
+    memcpy(id->spiffe_id + 9, trust_domain, tdl + 1);
+    id->td_len = tdl;
+    id->client = ward__ctx_new(id, 0, NULL, 0, NULL);
+    if (id->client == NULL) {
+        snprintf(err, errlen, "could not build the TLS context");
+        rc = WARD_ETLS;
+        goto out;
+    }
+    id->generation = atomic_fetch_add(&ward__generation, 1) + 1;
+    *out = id;
+    id = NULL;
+out:
+    if (id != NULL) ward__identity_free(id);
+    ERR_clear_error();
+    return rc;
+}
+
 int ward_identity_load(const char *cert_file, const char *key_file, const char *ca_file,
                        ward_identity_t **out, char *err, size_t errlen)
 {
@@ -744,9 +807,10 @@ uint64_t ward_identity_generation(const ward_identity_t *id)
 SSL *ward_tls_new(const ward_identity_t *id, int is_server, ward_tls_io_t *io,
                   ward_tls_peer_t *peer)
 {
-    static const uint8_t alpn[] = "\x08" WARD_ALPN_TCP;
     BIO *rbio = NULL, *wbio = NULL;
-    SSL *ssl = SSL_new(is_server ? id->server : id->client);
+    SSL_CTX *ctx = is_server ? id->server : id->client;
+    if (ctx == NULL) return NULL;
+    SSL *ssl = SSL_new(ctx);
     if (ssl == NULL || ward__rbio_method == NULL) goto fail;
     rbio = BIO_new(ward__rbio_method);
     wbio = BIO_new_socket(io->fd, BIO_NOCLOSE);
@@ -757,9 +821,16 @@ SSL *ward_tls_new(const ward_identity_t *id, int is_server, ward_tls_io_t *io,
     if (!SSL_set_ex_data(ssl, ward__ex_peer, peer)) goto fail;
     if (is_server) {
         SSL_set_accept_state(ssl);
+        if (peer->no_client_auth) SSL_set_custom_verify(ssl, SSL_VERIFY_NONE, NULL);
     } else {
         SSL_set_connect_state(ssl);
-        if (SSL_set_alpn_protos(ssl, alpn, sizeof(alpn) - 1) != 0) goto fail;
+        uint8_t list[64];
+        const char *proto = peer->alpn ? peer->alpn : WARD_ALPN_TCP;
+        size_t plen = strlen(proto);
+        if (plen == 0 || plen >= sizeof(list)) goto fail;
+        list[0] = (uint8_t)plen;
+        memcpy(list + 1, proto, plen);
+        if (SSL_set_alpn_protos(ssl, list, plen + 1) != 0) goto fail;
     }
     /* No renegotiation: the handshake configuration can go once the handshake is done. */
     SSL_set_shed_handshake_config(ssl, 1);

@@ -46,6 +46,12 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
 int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
                       EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
                       size_t nroots, ward_identity_t **out, char *err, size_t errlen);
+/* A snapshot that only trusts: the roots of a bootstrap bundle, no certificate of its own. Its
+ * client context verifies a server (e.g. ward-agent) before the proxy has an SVID; peers must be in
+ * trust_domain. */
+int ward_identity_trust_only(const uint8_t *const *roots_der, const size_t *roots_len,
+                             size_t nroots, const char *trust_domain, ward_identity_t **out,
+                             char *err, size_t errlen);
 ward_identity_t *ward_identity_ref(ward_identity_t *id);
 void ward_identity_unref(ward_identity_t *id);
 
@@ -64,6 +70,11 @@ typedef struct ward_tls_peer {
     const char *detail;       /* static explanation of the failure */
     char *peer_id;            /* verified peer SPIFFE id (heap, owned), after the handshake */
     int64_t peer_not_after;
+    /* ALPN: the client offers, the server selects, exactly this protocol (NULL = "ward-tcp"). */
+    const char *alpn;
+    /* Server: do not ask for a client certificate (ward-agent's bootstrap listener, where proxies
+     * attest with a token instead). */
+    int no_client_auth;
     /* Client side: called when the server sends a session ticket; returns 1 if it kept `sess`
      * (taking the reference), 0 otherwise. */
     int (*on_new_session)(struct ward_tls_peer *peer, SSL_SESSION *sess);
