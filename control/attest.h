@@ -58,7 +58,10 @@ typedef struct {
     int64_t leeway_s;         /* clock skew allowed on exp/nbf/iat; default 60 when 0 */
 } ward_k8s_token_policy_t;
 
-/* Verifies a projected service-account token; *spiffe_id gets a heap string (ward_free). */
+/* Verifies a projected service-account token; *spiffe_id gets a heap string (ward_free).
+ * Errors: WARD_EPARSE malformed token or claims, WARD_ETOOLONG over 16 KiB, WARD_EKEY refused
+ * "alg" / unknown key / bad signature, WARD_ERANGE expired or not yet valid, WARD_EINVAL wrong
+ * issuer or audience (or a bad policy), WARD_ESPIFFE names that make no valid SPIFFE id. */
 int ward_k8s_token_verify(const ward_jwks_t *jwks, const ward_k8s_token_policy_t *pol,
                           const char *token, char **spiffe_id, char *err, size_t errlen);
 

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <openssl/bio.h>
+#include <openssl/bytestring.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/pool.h>
@@ -650,6 +651,36 @@ out:
     return rc;
 }
 
+void ward_pem_free(uint8_t *der)
+{
+    OPENSSL_free(der);
+}
+
+void ward_key_free(EVP_PKEY *key)
+{
+    EVP_PKEY_free(key);
+}
+
+int ward_identity_from_pkcs8(const uint8_t *const *chain_der, const size_t *chain_len,
+                             size_t nchain, const uint8_t *key_der, size_t key_len,
+                             const uint8_t *const *roots_der, const size_t *roots_len,
+                             size_t nroots, ward_identity_t **out, char *err, size_t errlen)
+{
+    CBS cbs;
+    CBS_init(&cbs, key_der, key_len);
+    EVP_PKEY *key = EVP_parse_private_key(&cbs);
+    if (key == NULL || CBS_len(&cbs) != 0) {
+        EVP_PKEY_free(key);
+        ERR_clear_error();
+        snprintf(err, errlen, "private key is not valid PKCS#8 DER");
+        return WARD_EKEY;
+    }
+    int rc = ward_identity_new(chain_der, chain_len, nchain, key, roots_der, roots_len, nroots, out,
+                               err, errlen);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
 int ward_identity_trust_only(const uint8_t *const *roots_der, const size_t *roots_len,
                              size_t nroots, const char *trust_domain, ward_identity_t **out,
                              char *err, size_t errlen)
@@ -1044,4 +1075,73 @@ void ward_tls_use_session(SSL *ssl, SSL_SESSION *sess)
 void ward_tls_session_free(SSL_SESSION *sess)
 {
     SSL_SESSION_free(sess);
+}
+
+/* --- CSRs ------------------------------------------------------------------------------------ */
+
+int ward_csr_new(const char *spiffe_id, EVP_PKEY **key_out, uint8_t **csr_der, size_t *csr_len)
+{
+    EVP_PKEY_CTX *kctx = EVP_PKEY_CTX_new_id(EVP_PKEY_EC, NULL);
+    EVP_PKEY *key = NULL;
+    X509_REQ *req = X509_REQ_new();
+    GENERAL_NAMES *names = NULL;
+    GENERAL_NAME *gn = NULL;
+    ASN1_IA5STRING *uri = NULL;
+    STACK_OF(X509_EXTENSION) *exts = NULL;
+    X509_EXTENSION *ext = NULL;
+    uint8_t *der = NULL;
+    int n, rc = WARD_ENOMEM;
+
+    *key_out = NULL;
+    *csr_der = NULL;
+    *csr_len = 0;
+    if (spiffe_id == NULL || ward_spiffe_id_parse(spiffe_id, strlen(spiffe_id), NULL, NULL) < 0) {
+        rc = WARD_ESPIFFE;
+        goto out;
+    }
+    if (kctx == NULL || req == NULL || EVP_PKEY_keygen_init(kctx) != 1 ||
+        EVP_PKEY_CTX_set_ec_paramgen_curve_nid(kctx, NID_X9_62_prime256v1) != 1 ||
+        EVP_PKEY_keygen(kctx, &key) != 1)
+        goto out;
+    names = GENERAL_NAMES_new();
+    gn = GENERAL_NAME_new();
+    uri = ASN1_IA5STRING_new();
+    if (names == NULL || gn == NULL || uri == NULL ||
+        !ASN1_STRING_set(uri, spiffe_id, (int)strlen(spiffe_id)))
+        goto out;
+    GENERAL_NAME_set0_value(gn, GEN_URI, uri);
+    uri = NULL;
+    if (!sk_GENERAL_NAME_push(names, gn)) goto out;
+    gn = NULL;
+    exts = sk_X509_EXTENSION_new_null();
+    ext = X509V3_EXT_i2d(NID_subject_alt_name, 0, names);
+    if (exts == NULL || ext == NULL || !sk_X509_EXTENSION_push(exts, ext)) goto out;
+    ext = NULL;
+    /* The subject stays empty: the identity is the URI SAN, which the agent checks. */
+    if (!X509_REQ_set_version(req, X509_REQ_VERSION_1) || !X509_REQ_set_pubkey(req, key) ||
+        !X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, key, EVP_sha256()))
+        goto out;
+    n = i2d_X509_REQ(req, NULL);
+    if (n <= 0) goto out;
+    der = ward_malloc((size_t)n);
+    uint8_t *p = der;
+    if (der == NULL || i2d_X509_REQ(req, &p) != n) goto out;
+    *csr_der = der;
+    *csr_len = (size_t)n;
+    *key_out = key;
+    der = NULL;
+    key = NULL;
+    rc = 0;
+out:
+    ward_free(der);
+    X509_EXTENSION_free(ext);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    ASN1_IA5STRING_free(uri);
+    GENERAL_NAME_free(gn);
+    GENERAL_NAMES_free(names);
+    X509_REQ_free(req);
+    EVP_PKEY_free(key);
+    EVP_PKEY_CTX_free(kctx);
+    ERR_clear_error();
+    return rc;
 }

@@ -642,6 +642,13 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
     ward_counter_add(&w->stats.conns_total[c->dir], 1);
     ward_counter_add(&w->stats.conns_open[c->dir], 1);
     c->ident = ward_identity_store_get(w->shared->store);
+    if (c->ident == NULL) {
+        /* Agent mode, never bootstrapped: no identity, no traffic. */
+        ward_counter_add(&w->stats.refused_no_identity[c->dir], 1);
+        close(fd);
+        ward__close(c, 0);
+        return;
+    }
 
     if (ward__side_init(c, &c->down, fd) < 0) {
         close(fd);

@@ -34,16 +34,33 @@ int ward_identity_store_init(ward_identity_store_t *s, const char *cert, const c
     return 0;
 }
 
+void ward_identity_store_init_empty(ward_identity_store_t *s, ward_main_stats_t *stats)
+{
+    memset(s, 0, sizeof(*s));
+    s->stats = stats;
+    pthread_mutex_init(&s->mu, NULL);
+}
+
+void ward_identity_store_set(ward_identity_store_t *s, ward_identity_t *id)
+{
+    pthread_mutex_lock(&s->mu);
+    ward_identity_t *old = s->cur;
+    s->cur = id;
+    pthread_mutex_unlock(&s->mu);
+    ward_identity_unref(old);
+}
+
 ward_identity_t *ward_identity_store_get(ward_identity_store_t *s)
 {
     pthread_mutex_lock(&s->mu);
-    ward_identity_t *id = ward_identity_ref(s->cur);
+    ward_identity_t *id = s->cur ? ward_identity_ref(s->cur) : NULL;
     pthread_mutex_unlock(&s->mu);
     return id;
 }
 
 void ward_identity_store_check(ward_identity_store_t *s, int force)
 {
+    if (s->files[0] == NULL) return; /* agent mode: nothing to reload from disk */
     struct stat now[3];
     ward__stat_files(s, now);
     int changed = force;
@@ -94,6 +111,7 @@ int ward_identity_store_watch(ward_identity_store_t *s, uv_loop_t *loop, uint64_
 
 void ward_identity_store_stop(ward_identity_store_t *s)
 {
+    if (s->timer.loop == NULL) return; /* never watched */
     uv_timer_stop(&s->timer);
     if (!uv_is_closing((uv_handle_t *)&s->timer)) uv_close((uv_handle_t *)&s->timer, NULL);
 }

@@ -101,6 +101,14 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
     for (int d = 0; d < WARD_DIR_COUNT; d++)
         rc |= ward_strbuf_printf(o, "ward_idle_timeouts_total{direction=\"%s\"} %llu\n",
                                  ward_dir_name(d), (unsigned long long)SUM(timeouts[d]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_connections_refused_no_identity_total Connections "
+                                "closed at once because no identity was issued yet.\n"
+                                "# TYPE ward_connections_refused_no_identity_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        rc |= ward_strbuf_printf(o,
+                                 "ward_connections_refused_no_identity_total{direction=\"%s\"} "
+                                 "%llu\n",
+                                 ward_dir_name(d), (unsigned long long)SUM(refused_no_identity[d]));
     rc |= ward_strbuf_printf(
         o,
         "# HELP ward_cert_expiry_timestamp_seconds notAfter of the current leaf certificate.\n"

@@ -46,6 +46,14 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
 int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
                       EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
                       size_t nroots, ward_identity_t **out, char *err, size_t errlen);
+/* Frees one DER buffer returned by ward_pem_read_certs. */
+void ward_pem_free(uint8_t *der);
+void ward_key_free(EVP_PKEY *key);
+/* Same, with the private key as PKCS#8 DER (what the agent's CA mints). */
+int ward_identity_from_pkcs8(const uint8_t *const *chain_der, const size_t *chain_len,
+                             size_t nchain, const uint8_t *key_der, size_t key_len,
+                             const uint8_t *const *roots_der, const size_t *roots_len,
+                             size_t nroots, ward_identity_t **out, char *err, size_t errlen);
 /* A snapshot that only trusts: the roots of a bootstrap bundle, no certificate of its own. Its
  * client context verifies a server (e.g. ward-agent) before the proxy has an SVID; peers must be in
  * trust_domain. */
@@ -148,5 +156,10 @@ void ward_tls_free(SSL *ssl);
 /* Offers a cached session on a client SSL (ignored if not resumable). */
 void ward_tls_use_session(SSL *ssl, SSL_SESSION *sess);
 void ward_tls_session_free(SSL_SESSION *sess);
+
+/* Generates a P-256 key in memory and a PKCS#10 CSR for it (DER, SHA-256, empty subject) asking
+ * for spiffe_id as its one URI SAN. *key gets the key (EVP_PKEY_free), *csr_der heap memory
+ * (ward_free). Returns 0, WARD_ESPIFFE for an invalid id, or WARD_ENOMEM. */
+int ward_csr_new(const char *spiffe_id, EVP_PKEY **key, uint8_t **csr_der, size_t *csr_len);
 
 #endif
