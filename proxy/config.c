@@ -23,7 +23,13 @@ void ward_config_usage(FILE *out)
           "ward's sidecar: upgrades traffic between workloads to mutual TLS and verifies SPIFFE "
           "ids.\n"
           "\n"
-          "Identity (PEM files, reloaded when they change and on SIGHUP):\n"
+          "Identity from ward-agent (the key never leaves this process):\n"
+          "  --agent unix:PATH|HOST:PORT  agent to attest to and get SVIDs from   [WARD_AGENT]\n"
+          "  --agent-bundle FILE      roots that verify the agent over TCP   [WARD_AGENT_BUNDLE]\n"
+          "  --agent-id ID            SPIFFE id the agent must present (TCP)      [WARD_AGENT_ID]\n"
+          "  --agent-token-file FILE  service-account token to attest with\n"
+          "                           (re-read at every connect)         [WARD_AGENT_TOKEN_FILE]\n"
+          "Or identity from PEM files (reloaded when they change and on SIGHUP):\n"
           "  --cert FILE              X509-SVID leaf (+ intermediates)            [WARD_CERT]\n"
           "  --key FILE               its private key                             [WARD_KEY]\n"
           "  --ca FILE                trust bundle (one or more roots)            [WARD_CA]\n"
@@ -138,6 +144,10 @@ static int ward__add_mapping_list(ward_config_t *cfg, ward_dir_t dir, const char
 }
 
 enum {
+    OPT_AGENT = 200,
+    OPT_AGENT_BUNDLE,
+    OPT_AGENT_ID,
+    OPT_AGENT_TOKEN,
     OPT_CERT = 256,
     OPT_KEY,
     OPT_CA,
@@ -164,6 +174,10 @@ typedef struct {
 } ward_opt_desc_t;
 
 static const ward_opt_desc_t ward__scalars[] = {
+    {OPT_AGENT, "--agent", "WARD_AGENT"},
+    {OPT_AGENT_BUNDLE, "--agent-bundle", "WARD_AGENT_BUNDLE"},
+    {OPT_AGENT_ID, "--agent-id", "WARD_AGENT_ID"},
+    {OPT_AGENT_TOKEN, "--agent-token-file", "WARD_AGENT_TOKEN_FILE"},
     {OPT_CERT, "--cert", "WARD_CERT"},
     {OPT_KEY, "--key", "WARD_KEY"},
     {OPT_CA, "--ca", "WARD_CA"},
@@ -194,6 +208,39 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
     uint64_t n = 0;
     const char *why = NULL;
     switch (opt) {
+    case OPT_AGENT:
+        if (strncmp(v, "unix:", 5) == 0) {
+            if (v[5] == '\0')
+                return ward__cfg_err(err, errlen, "%s '%s': empty socket path", flag, v);
+            cfg->agent_is_unix = 1;
+            ward_free(cfg->agent_path);
+            cfg->agent_path = ward_strdup(v + 5);
+            if (cfg->agent_path == NULL) return WARD_ENOMEM;
+        } else {
+            cfg->agent_is_unix = 0;
+            if (ward_addr_parse(v, strlen(v), 0, &cfg->agent_addr, &why) < 0) {
+                snprintf(err, errlen, "%s '%s': expected unix:PATH or IP:PORT (%s)", flag, v, why);
+                return WARD_EINVAL;
+            }
+        }
+        ward_free(cfg->agent);
+        cfg->agent = ward_strdup(v);
+        return cfg->agent ? 0 : WARD_ENOMEM;
+    case OPT_AGENT_ID:
+        if (ward_spiffe_id_parse(v, strlen(v), NULL, &why) < 0) {
+            snprintf(err, errlen, "%s '%s': not a valid SPIFFE id: %s", flag, v, why);
+            return WARD_EINVAL;
+        }
+        ward_free(cfg->agent_id);
+        cfg->agent_id = ward_strdup(v);
+        return cfg->agent_id ? 0 : WARD_ENOMEM;
+    case OPT_AGENT_BUNDLE:
+    case OPT_AGENT_TOKEN: {
+        char **dst = opt == OPT_AGENT_BUNDLE ? &cfg->agent_bundle : &cfg->agent_token_file;
+        ward_free(*dst);
+        *dst = ward_strdup(v);
+        return *dst ? 0 : WARD_ENOMEM;
+    }
     case OPT_CERT:
     case OPT_KEY:
     case OPT_CA: {
@@ -248,6 +295,10 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
 int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size_t errlen)
 {
     static const struct option longopts[] = {
+        {"agent", required_argument, NULL, OPT_AGENT},
+        {"agent-bundle", required_argument, NULL, OPT_AGENT_BUNDLE},
+        {"agent-id", required_argument, NULL, OPT_AGENT_ID},
+        {"agent-token-file", required_argument, NULL, OPT_AGENT_TOKEN},
         {"cert", required_argument, NULL, OPT_CERT},
         {"key", required_argument, NULL, OPT_KEY},
         {"ca", required_argument, NULL, OPT_CA},
@@ -339,10 +390,23 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         (rc = ward__add_mapping_list(cfg, WARD_DIR_OUTBOUND, env_out, err, errlen)) < 0)
         return rc;
 
-    if (cfg->cert_file == NULL || cfg->key_file == NULL || cfg->ca_file == NULL) {
+    if (cfg->agent != NULL) {
+        if (cfg->cert_file || cfg->key_file || cfg->ca_file) {
+            snprintf(err, errlen,
+                     "--agent and --cert/--key/--ca are two identity sources: "
+                     "give one");
+            return WARD_EINVAL;
+        }
+        if (!cfg->agent_is_unix && (cfg->agent_bundle == NULL || cfg->agent_id == NULL)) {
+            snprintf(err, errlen,
+                     "--agent over TCP needs --agent-bundle (roots to verify it) and "
+                     "--agent-id (its SPIFFE id)");
+            return WARD_EINVAL;
+        }
+    } else if (cfg->cert_file == NULL || cfg->key_file == NULL || cfg->ca_file == NULL) {
         snprintf(err, errlen,
                  "--cert, --key and --ca are required (or WARD_CERT, WARD_KEY, "
-                 "WARD_CA); see --help");
+                 "WARD_CA), unless the identity comes from --agent; see --help");
         return WARD_EINVAL;
     }
     if (cfg->nmaps == 0) {
@@ -359,6 +423,11 @@ void ward_config_free(ward_config_t *cfg)
         ward_free(cfg->maps[i].spec);
     }
     ward_free(cfg->maps);
+    ward_free(cfg->agent);
+    ward_free(cfg->agent_path);
+    ward_free(cfg->agent_bundle);
+    ward_free(cfg->agent_id);
+    ward_free(cfg->agent_token_file);
     ward_free(cfg->cert_file);
     ward_free(cfg->key_file);
     ward_free(cfg->ca_file);

@@ -23,6 +23,14 @@ typedef struct {
 } ward_mapping_t;
 
 typedef struct {
+    /* Identity source: PEM files (cert/key/ca) or ward-agent (agent_*), never both. */
+    char *agent; /* "unix:/path" or "host:port" */
+    int agent_is_unix;
+    char *agent_path;       /* unix socket path */
+    ward_addr_t agent_addr; /* TCP address (TLS) */
+    char *agent_bundle;     /* PEM roots that verify the agent (TCP) */
+    char *agent_id;         /* SPIFFE id the agent must present (TCP) */
+    char *agent_token_file; /* projected service-account token, re-read at each connect */
     char *cert_file;
     char *key_file;
     char *ca_file;

@@ -4,8 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-#include "admin.h"
+#include "ward/admin.h"
+#include "agent_client.h"
 #include "config.h"
 #include "identity_store.h"
 #include "worker.h"
@@ -23,6 +25,8 @@ typedef struct {
     unsigned nworkers;
     unsigned started;
     ward_admin_t admin;
+    ward_agent_client_t agent;
+    int agent_mode;
     uv_async_t drained_async;
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
@@ -37,15 +41,22 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
     for (unsigned i = 0; i < p->nworkers; i++)
         stats[i] = &p->workers[i].stats;
     ward_identity_t *id = ward_identity_store_get(&p->store);
-    int rc = ward_stats_render(out, stats, p->nworkers, &p->stats, ward_identity_not_after(id));
+    int rc =
+        ward_stats_render(out, stats, p->nworkers, &p->stats, id ? ward_identity_not_after(id) : 0);
     ward_identity_unref(id);
+    if (rc == 0 && p->agent_mode) rc = ward_agent_client_metrics(&p->agent, out);
     return rc;
 }
 
 static int ward__is_ready(void *ctx)
 {
     ward_proxy_t *p = ctx;
-    return !p->draining && p->started == p->nworkers;
+    if (p->draining || p->started != p->nworkers) return 0;
+    /* Ready only with an identity that is still valid: never bootstrapped or expired = not. */
+    ward_identity_t *id = ward_identity_store_get(&p->store);
+    int ok = id != NULL && ward_identity_not_after(id) > (int64_t)time(NULL);
+    ward_identity_unref(id);
+    return ok;
 }
 
 static void ward__stop_everything(ward_proxy_t *p)
@@ -57,6 +68,7 @@ static void ward__stop_everything(ward_proxy_t *p)
     for (unsigned i = 0; i < p->started; i++)
         ward_worker_join(&p->workers[i]);
     ward_admin_stop(&p->admin);
+    if (p->agent_mode) ward_agent_client_stop(&p->agent);
     ward_identity_store_stop(&p->store);
     uv_close((uv_handle_t *)&p->drained_async, NULL);
     uv_close((uv_handle_t *)&p->sig_term, NULL);
@@ -113,8 +125,13 @@ static void ward__log_startup(ward_proxy_t *p)
     if (ward_log_begin(&l, WARD_LOG_INFO, "started")) {
         char a[64];
         ward_log_str(&l, "version", WARD_VERSION);
-        ward_log_str(&l, "spiffe_id", ward_identity_spiffe_id(id));
-        ward_log_i64(&l, "cert_not_after", ward_identity_not_after(id));
+        if (id) {
+            ward_log_str(&l, "spiffe_id", ward_identity_spiffe_id(id));
+            ward_log_i64(&l, "cert_not_after", ward_identity_not_after(id));
+        } else {
+            ward_log_str(&l, "agent", p->cfg.agent);
+            ward_log_str(&l, "msg", "waiting for an identity from the agent; not ready until then");
+        }
         ward_log_u64(&l, "workers", p->nworkers);
         if (p->cfg.admin_enabled)
             ward_log_str(&l, "admin",
@@ -143,8 +160,14 @@ int main(int argc, char **argv)
     }
     ward_log_set_level(p.cfg.log_level);
 
-    rc = ward_identity_store_init(&p.store, p.cfg.cert_file, p.cfg.key_file, p.cfg.ca_file,
-                                  &p.stats, err, sizeof(err));
+    p.agent_mode = p.cfg.agent != NULL;
+    if (p.agent_mode) {
+        ward_identity_store_init_empty(&p.store, &p.stats);
+        rc = 0;
+    } else {
+        rc = ward_identity_store_init(&p.store, p.cfg.cert_file, p.cfg.key_file, p.cfg.ca_file,
+                                      &p.stats, err, sizeof(err));
+    }
     if (rc < 0) {
         fprintf(stderr, "ward-proxy: identity: %s\n", err);
         ward_config_free(&p.cfg);
@@ -197,7 +220,17 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    ward_identity_store_watch(&p.store, p.loop, p.cfg.reload_interval_ms);
+    if (p.agent_mode) {
+        if (ward_agent_client_start(&p.agent, p.loop, &p.cfg, &p.store, err, sizeof(err)) < 0) {
+            fprintf(stderr, "ward-proxy: --agent: %s\n", err);
+            for (unsigned k = 0; k < p.nworkers; k++)
+                ward_worker_destroy(&p.workers[k]);
+            ward_admin_stop(&p.admin);
+            goto out;
+        }
+    } else {
+        ward_identity_store_watch(&p.store, p.loop, p.cfg.reload_interval_ms);
+    }
     for (unsigned i = 0; i < p.nworkers; i++) {
         rc = ward_worker_start(&p.workers[i]);
         if (rc < 0) {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "ward/strbuf.h"
 #include "ward/tls.h"
 
 typedef struct {
@@ -51,18 +52,8 @@ typedef struct {
     ward_counter_t reloads_failed;
 } ward_main_stats_t;
 
-/* Appends the Prometheus text exposition of the summed worker stats to a growing buffer.
+/* Appends the Prometheus text exposition of the summed worker stats to out.
  * Returns 0 or WARD_ENOMEM. */
-typedef struct {
-    char *data;
-    size_t len;
-    size_t cap;
-} ward_strbuf_t;
-
-int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void ward_strbuf_free(ward_strbuf_t *b);
-
 int ward_stats_render(ward_strbuf_t *out, const ward_stats_t *const *workers, size_t nworkers,
                       const ward_main_stats_t *main_stats, int64_t cert_not_after);
 

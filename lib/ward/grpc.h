@@ -47,8 +47,10 @@ typedef struct {
     /* Server: a new call arrived (request headers complete and valid: POST, content-type
      * application/grpc[+proto]). Return WARD_GRPC_OK to accept it, or a status code to refuse it
      * (the engine answers trailers-only with that status). Set the call's user data with
-     * ward_grpc_call_set_data(). */
-    int (*on_call)(ward_grpc_conn_t *conn, ward_grpc_call_t *call, const char *path, void *conn_data);
+     * ward_grpc_call_set_data(). A refused call is gone when on_call returns: no on_close follows.
+     * To refuse with a grpc-message, call ward_grpc_call_finish() first, then return its status. */
+    int (*on_call)(ward_grpc_conn_t *conn, ward_grpc_call_t *call, const char *path,
+                   void *conn_data);
     /* Client: the response headers arrived (optional). */
     void (*on_headers)(ward_grpc_call_t *call, void *call_data);
     /* One complete message. The bytes are valid only during the callback. */
@@ -57,16 +59,17 @@ typedef struct {
      * comes instead). Optional. */
     void (*on_half_close)(ward_grpc_call_t *call, void *call_data);
     /* The call is over: client: status from the trailers (or a local error); server: after
-     * ward_grpc_call_finish() was sent, or the stream was reset / the connection ended. */
+     * ward_grpc_call_finish() was sent, or the stream was reset / the connection ended.
+     * message is never NULL ("" when there is none). */
     void (*on_close)(ward_grpc_call_t *call, int status, const char *message, void *call_data);
     /* A PING ACK arrived (keepalive), optional. */
     void (*on_ping_ack)(ward_grpc_conn_t *conn, void *conn_data);
 } ward_grpc_callbacks_t;
 
 typedef struct {
-    size_t max_message_size;     /* default 4 MiB */
+    size_t max_message_size;       /* default 4 MiB */
     uint32_t max_concurrent_calls; /* server SETTINGS_MAX_CONCURRENT_STREAMS, default 100 */
-    uint32_t initial_window;     /* stream window, default 1 MiB */
+    uint32_t initial_window;       /* stream window, default 1 MiB */
 } ward_grpc_options_t;
 
 /* Creates a connection engine. opts may be NULL (defaults). Returns NULL on allocation failure.
@@ -86,6 +89,11 @@ size_t ward_grpc_conn_send(ward_grpc_conn_t *conn, const uint8_t **out);
 int ward_grpc_conn_want_write(const ward_grpc_conn_t *conn);
 /* 1 while the connection is usable (no GOAWAY sent or received and no fatal error). */
 int ward_grpc_conn_alive(const ward_grpc_conn_t *conn);
+/* 1 when the connection has nothing left to do and the owner should close it: a GOAWAY was sent
+ * or received and every call has ended, or a fatal/protocol error occurred — in both cases once
+ * everything pending was returned by ward_grpc_conn_send(). (ward_grpc_conn_alive() turns 0 at the
+ * GOAWAY already, while calls in flight may still finish.) */
+int ward_grpc_conn_finished(const ward_grpc_conn_t *conn);
 /* Queues a PING (keepalive). Returns 0 or a negative error. */
 int ward_grpc_conn_ping(ward_grpc_conn_t *conn);
 /* Queues GOAWAY (graceful: calls in flight finish). */
@@ -100,7 +108,10 @@ typedef struct {
 } ward_grpc_header_t;
 
 /* Client: starts a call to path ("/pkg.Service/Method") with extra request headers and a timeout
- * (0 = none; sent as grpc-timeout, enforced by tick). Returns 0 or a negative error. */
+ * (0 = none; sent as grpc-timeout, enforced by tick). authority NULL sends "localhost". Header
+ * names must be lower-case custom metadata (not te, content-type, grpc-timeout or pseudo-headers),
+ * values printable ASCII. Returns 0, WARD_EINVAL (bad argument, or GOAWAY sent/received) or
+ * WARD_ENOMEM. */
 int ward_grpc_call_start(ward_grpc_conn_t *conn, const char *path, const char *authority,
                          const ward_grpc_header_t *headers, size_t nheaders, uint64_t timeout_ms,
                          uint64_t now_ms, void *call_data, ward_grpc_call_t **out);
@@ -112,7 +123,8 @@ int ward_grpc_call_close_send(ward_grpc_call_t *call);
 int ward_grpc_call_finish(ward_grpc_call_t *call, int status, const char *message);
 /* Either side: resets the stream (RST_STREAM CANCEL); on_close follows with CANCELLED. */
 void ward_grpc_call_cancel(ward_grpc_call_t *call);
-/* Request header value on the server (lower-case name), or NULL. Valid for the call's life. */
+/* Request header value on the server (lower-case name), or NULL. Valid for the call's life.
+ * On the client: response header or trailer fields received so far. */
 const char *ward_grpc_call_header(const ward_grpc_call_t *call, const char *name);
 void ward_grpc_call_set_data(ward_grpc_call_t *call, void *call_data);
 void *ward_grpc_call_data(const ward_grpc_call_t *call);

@@ -1,11 +1,12 @@
-/* admin.h — the admin listener (loopback by default): GET /live, /ready, /metrics. Runs on the main
- * thread's loop; each request is answered and the connection closed (HTTP/1.0 style). */
-#ifndef WARD_PROXY_ADMIN_H
-#define WARD_PROXY_ADMIN_H
+/* ward/admin.h — the admin listener of ward-proxy and ward-agent (loopback by default): GET /live,
+ * /ready, /metrics. Runs on the main thread's loop; each request is answered and the connection
+ * closed (HTTP/1.0 style). */
+#ifndef WARD_ADMIN_H
+#define WARD_ADMIN_H
 
 #include <uv.h>
 
-#include "stats.h"
+#include "ward/strbuf.h"
 #include "ward/addr.h"
 
 typedef struct {

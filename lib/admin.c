@@ -1,6 +1,6 @@
 /* admin.c — the admin HTTP endpoint (see admin.h). Requests are parsed with llhttp in strict mode;
  * anything but a well-formed GET/HEAD of a known path gets a 4xx. */
-#include "admin.h"
+#include "ward/admin.h"
 
 #include <stdio.h>
 #include <string.h>
