@@ -1095,7 +1095,7 @@ int ward_csr_new(const char *spiffe_id, EVP_PKEY **key_out, uint8_t **csr_der, s
     *key_out = NULL;
     *csr_der = NULL;
     *csr_len = 0;
-    if (spiffe_id == NULL || ward_spiffe_id_parse(spiffe_id, strlen(spiffe_id), NULL, NULL) < 0) {
+    if (spiffe_id != NULL && ward_spiffe_id_parse(spiffe_id, strlen(spiffe_id), NULL, NULL) < 0) {
         rc = WARD_ESPIFFE;
         goto out;
     }
@@ -1103,6 +1103,13 @@ int ward_csr_new(const char *spiffe_id, EVP_PKEY **key_out, uint8_t **csr_der, s
         EVP_PKEY_CTX_set_ec_paramgen_curve_nid(kctx, NID_X9_62_prime256v1) != 1 ||
         EVP_PKEY_keygen(kctx, &key) != 1)
         goto out;
+    /* Without a requested id the CSR carries no SAN: the agent puts the attested id in. */
+    if (spiffe_id == NULL) {
+        if (!X509_REQ_set_version(req, X509_REQ_VERSION_1) || !X509_REQ_set_pubkey(req, key) ||
+            !X509_REQ_sign(req, key, EVP_sha256()))
+            goto out;
+        goto encode;
+    }
     names = GENERAL_NAMES_new();
     gn = GENERAL_NAME_new();
     uri = ASN1_IA5STRING_new();
@@ -1121,10 +1128,12 @@ int ward_csr_new(const char *spiffe_id, EVP_PKEY **key_out, uint8_t **csr_der, s
     if (!X509_REQ_set_version(req, X509_REQ_VERSION_1) || !X509_REQ_set_pubkey(req, key) ||
         !X509_REQ_add_extensions(req, exts) || !X509_REQ_sign(req, key, EVP_sha256()))
         goto out;
+encode:
     n = i2d_X509_REQ(req, NULL);
     if (n <= 0) goto out;
     der = ward_malloc((size_t)n);
-    uint8_t *p = der;
+    uint8_t *p;
+    p = der;
     if (der == NULL || i2d_X509_REQ(req, &p) != n) goto out;
     *csr_der = der;
     *csr_len = (size_t)n;
