@@ -302,6 +302,7 @@ static uint64_t ward__dir_fingerprint(const char *dir)
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         struct stat st;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         snprintf(cmd_path, sizeof(cmd_path), "%s/%s", dir, e->d_name);
         if (stat(cmd_path, &st) != 0) continue;
         uint64_t v[4] = {(uint64_t)st.st_ino, (uint64_t)st.st_size, (uint64_t)st.st_mtim.tv_sec,

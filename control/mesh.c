@@ -433,25 +433,44 @@ static ward_session_t *ward__session_new(ward_agent_conn_t *c, ward_grpc_call_t 
     return s;
 }
 
+/* Refuses a call with a status and a message the caller can act on. */
+static int ward__refuse(ward_grpc_call_t *call, int status, const char *msg)
+{
+    ward_grpc_call_finish(call, status, msg);
+    return status;
+}
+
 int ward_agent_on_call(ward_grpc_conn_t *conn, ward_grpc_call_t *call, const char *path,
                        void *conn_data)
 {
     ward_agent_conn_t *c = conn_data;
     ward_session_kind_t kind;
+    int workload_api = strncmp(path, "/SpiffeWorkloadAPI/", 19) == 0;
+    if (workload_api) {
+        const char *h = ward_grpc_call_header(call, WARD_WL_HEADER);
+        if (h == NULL || strcmp(h, "true") != 0)
+            return ward__refuse(call, WARD_GRPC_INVALID_ARGUMENT,
+                                "security header missing: send 'workload.spiffe.io: true'");
+    }
     if (strcmp(path, "/ward.v1.Mesh/Connect") == 0) {
         kind = WARD_SESSION_MESH;
     } else if (strcmp(path, "/SpiffeWorkloadAPI/FetchX509SVID") == 0 ||
                strcmp(path, "/SpiffeWorkloadAPI/FetchX509Bundles") == 0) {
-        const char *h = ward_grpc_call_header(call, WARD_WL_HEADER);
-        if (h == NULL || strcmp(h, "true") != 0) return WARD_GRPC_INVALID_ARGUMENT;
-        if (!c->is_unix || c->peer_identity == NULL) return WARD_GRPC_PERMISSION_DENIED;
+        if (!c->is_unix)
+            return ward__refuse(call, WARD_GRPC_PERMISSION_DENIED,
+                                "the Workload API is served on the Unix socket only");
+        if (c->peer_identity == NULL) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "no identity for this caller (uid %u, gid %u)",
+                     (unsigned)c->cred.uid, (unsigned)c->cred.gid);
+            return ward__refuse(call, WARD_GRPC_PERMISSION_DENIED, msg);
+        }
         kind = strstr(path, "Bundles") ? WARD_SESSION_BUNDLES : WARD_SESSION_X509SVID;
-    } else if (strncmp(path, "/SpiffeWorkloadAPI/", 19) == 0) {
-        const char *h = ward_grpc_call_header(call, WARD_WL_HEADER);
-        if (h == NULL || strcmp(h, "true") != 0) return WARD_GRPC_INVALID_ARGUMENT;
-        return WARD_GRPC_UNIMPLEMENTED; /* JWT-SVIDs are disabled in ward */
+    } else if (workload_api) {
+        return ward__refuse(call, WARD_GRPC_UNIMPLEMENTED,
+                            "JWT-SVIDs are disabled in ward: use X509-SVIDs");
     } else {
-        return WARD_GRPC_UNIMPLEMENTED;
+        return ward__refuse(call, WARD_GRPC_UNIMPLEMENTED, "unknown method");
     }
     ward_session_t *s = ward__session_new(c, call, kind);
     if (s == NULL) return WARD_GRPC_RESOURCE_EXHAUSTED;
