@@ -11,6 +11,7 @@
  *                  no key for the "kid", or a signature that does not verify
  *   WARD_ERANGE    expired, or "nbf"/"iat" in the future (beyond the leeway)
  *   WARD_ESPIFFE   namespace / service account not DNS-1123 names, or "sub" not matching them */
+#include "fail.h"
 #include "attest.h"
 
 #include "ward/alloc.h"
@@ -48,19 +49,6 @@
 #define WARD_JWT_MAX_LEEWAY_S   86400
 #define WARD_RSA_MIN_BITS       2048
 #define WARD_RSA_MAX_BITS       8192
-
-__attribute__((format(printf, 4, 5))) static int ward__fail(char *err, size_t errlen, int rc,
-                                                            const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    ERR_clear_error();
-    return rc;
-}
 
 /* Copies at most cap-1 bytes of untrusted text for a message, non-printables as '?'. */
 static const char *ward__shown(char *dst, size_t cap, const char *s, size_t n)
@@ -193,40 +181,41 @@ static int ward__workload_line(const char *file, unsigned lineno, const char *s,
     w->line = lineno;
     if (ntok == 0) return 0;
     if (ntok == 1)
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "%s:%u: expected \"uid[:gid] spiffe-id\", found one field", file, lineno);
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "%s:%u: expected \"uid[:gid] spiffe-id\", found one field", file,
+                             lineno);
     if (ntok == 3)
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "%s:%u: unexpected text after the SPIFFE id: \"%s\"", file, lineno,
-                          ward__shown(shown, sizeof(shown), tok[2], tlen[2]));
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "%s:%u: unexpected text after the SPIFFE id: \"%s\"", file, lineno,
+                             ward__shown(shown, sizeof(shown), tok[2], tlen[2]));
 
     const char *colon = memchr(tok[0], ':', tlen[0]);
     size_t ulen = colon ? (size_t)(colon - tok[0]) : tlen[0];
     uint32_t uid, gid = 0;
     if (ward__parse_xid(tok[0], ulen, &uid) < 0 ||
         (colon && ward__parse_xid(colon + 1, tlen[0] - ulen - 1, &gid) < 0))
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "%s:%u: \"%s\" is not uid or uid:gid (decimal numbers below "
-                          "4294967295)",
-                          file, lineno, ward__shown(shown, sizeof(shown), tok[0], tlen[0]));
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "%s:%u: \"%s\" is not uid or uid:gid (decimal numbers below "
+                             "4294967295)",
+                             file, lineno, ward__shown(shown, sizeof(shown), tok[0], tlen[0]));
 
     ward_spiffe_id_t p;
     const char *why = NULL;
     if (ward_spiffe_id_parse(tok[1], tlen[1], &p, &why) < 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "%s:%u: \"%s\" is not a SPIFFE id: %s", file,
-                          lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]), why);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "%s:%u: \"%s\" is not a SPIFFE id: %s",
+                             file, lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]), why);
     if (p.td_len != strlen(td) || memcmp(p.td, td, p.td_len) != 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "%s:%u: %s is outside the trust domain %s",
-                          file, lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]), td);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "%s:%u: %s is outside the trust domain %s",
+                             file, lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]), td);
     if (p.path_len == 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE,
-                          "%s:%u: %s names the trust domain itself; a workload id needs a path",
-                          file, lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]));
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "%s:%u: %s names the trust domain itself; a workload id needs a path",
+                             file, lineno, ward__shown(shown, sizeof(shown), tok[1], tlen[1]));
     w->uid = uid;
     w->gid = gid;
     w->has_gid = colon != NULL;
     w->id = ward_strndup(tok[1], tlen[1]);
-    if (w->id == NULL) return ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+    if (w->id == NULL) return ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -243,15 +232,15 @@ int ward_workloads_load(const char *file, const char *trust_domain, ward_workloa
     *out = NULL;
     if (trust_domain == NULL ||
         ward_spiffe_td_validate(trust_domain, strlen(trust_domain), &why) < 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "invalid trust domain: %s",
-                          why ? why : "missing");
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "invalid trust domain: %s",
+                             why ? why : "missing");
     rc = ward__slurp(file, WARD_WORKLOADS_MAX_FILE, &data, &len);
     if (rc < 0)
-        return ward__fail(err, errlen, rc, "%s: cannot read the workloads file: %s", file,
-                          rc == WARD_ETOOLONG ? "larger than 4 MiB" : ward_strerror(rc));
+        return ward_ctl_fail(err, errlen, rc, "%s: cannot read the workloads file: %s", file,
+                             rc == WARD_ETOOLONG ? "larger than 4 MiB" : ward_strerror(rc));
     w = ward_calloc(1, sizeof(*w));
     if (w == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto fail;
     }
     for (size_t off = 0; off < len;) {
@@ -261,12 +250,13 @@ int ward_workloads_load(const char *file, const char *trust_domain, ward_workloa
         off += n + (nl != NULL);
         lineno++;
         if (n > WARD_WORKLOADS_MAX_LINE) {
-            rc = ward__fail(err, errlen, WARD_ETOOLONG, "%s:%u: line longer than %d bytes", file,
-                            lineno, WARD_WORKLOADS_MAX_LINE);
+            rc = ward_ctl_fail(err, errlen, WARD_ETOOLONG, "%s:%u: line longer than %d bytes", file,
+                               lineno, WARD_WORKLOADS_MAX_LINE);
             goto fail;
         }
         if (memchr(line, '\0', n) != NULL) {
-            rc = ward__fail(err, errlen, WARD_EPARSE, "%s:%u: NUL byte in the line", file, lineno);
+            rc = ward_ctl_fail(err, errlen, WARD_EPARSE, "%s:%u: NUL byte in the line", file,
+                               lineno);
             goto fail;
         }
         const char *hash = memchr(line, '#', n);
@@ -284,8 +274,9 @@ int ward_workloads_load(const char *file, const char *trust_domain, ward_workloa
                     snprintf(key, sizeof(key), "%u:%u", (unsigned)e.uid, (unsigned)e.gid);
                 else
                     snprintf(key, sizeof(key), "%u", (unsigned)e.uid);
-                rc = ward__fail(err, errlen, WARD_EPARSE, "%s:%u: %s is already mapped on line %u",
-                                file, lineno, key, o->line);
+                rc = ward_ctl_fail(err, errlen, WARD_EPARSE,
+                                   "%s:%u: %s is already mapped on line %u", file, lineno, key,
+                                   o->line);
                 ward_free(e.id);
                 goto fail;
             }
@@ -295,7 +286,7 @@ int ward_workloads_load(const char *file, const char *trust_domain, ward_workloa
             ward__workload_t *nv = ward_realloc(w->v, ncap * sizeof(*nv));
             if (nv == NULL) {
                 ward_free(e.id);
-                rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+                rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
                 goto fail;
             }
             w->v = nv;
@@ -522,22 +513,22 @@ int ward_jwks_load(const char *file, ward_jwks_t **out, char *err, size_t errlen
     *out = NULL;
     rc = ward__slurp(file, WARD_JWKS_MAX_FILE, &data, &len);
     if (rc < 0)
-        return ward__fail(err, errlen, rc, "%s: cannot read the JWKS: %s", file,
-                          rc == WARD_ETOOLONG ? "larger than 1 MiB" : ward_strerror(rc));
+        return ward_ctl_fail(err, errlen, rc, "%s: cannot read the JWKS: %s", file,
+                             rc == WARD_ETOOLONG ? "larger than 1 MiB" : ward_strerror(rc));
     root = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
-        rc = ward__fail(err, errlen, WARD_EPARSE, "%s:%d: JWKS is not valid JSON: %s", file,
-                        jerr.line, jerr.text);
+        rc = ward_ctl_fail(err, errlen, WARD_EPARSE, "%s:%d: JWKS is not valid JSON: %s", file,
+                           jerr.line, jerr.text);
         goto out;
     }
     json_t *keys = json_object_get(root, "keys");
     if (!json_is_array(keys)) {
-        rc = ward__fail(err, errlen, WARD_EPARSE, "%s: JWKS has no \"keys\" array", file);
+        rc = ward_ctl_fail(err, errlen, WARD_EPARSE, "%s: JWKS has no \"keys\" array", file);
         goto out;
     }
     j = ward_calloc(1, sizeof(*j));
     if (j == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < json_array_size(keys); i++) {
@@ -548,8 +539,8 @@ int ward_jwks_load(const char *file, ward_jwks_t **out, char *err, size_t errlen
         const char *why = NULL;
 
         if (!json_is_object(jwk) || !json_is_string(kty)) {
-            rc = ward__fail(err, errlen, WARD_EPARSE, "%s: key #%zu is not an object with \"kty\"",
-                            file, i + 1);
+            rc = ward_ctl_fail(err, errlen, WARD_EPARSE,
+                               "%s: key #%zu is not an object with \"kty\"", file, i + 1);
             goto out;
         }
         if (use != NULL && !(json_is_string(use) && strcmp(json_string_value(use), "sig") == 0))
@@ -565,9 +556,9 @@ int ward_jwks_load(const char *file, ward_jwks_t **out, char *err, size_t errlen
         }
         if (kid != NULL && (!json_is_string(kid) || json_string_length(kid) == 0 ||
                             json_string_length(kid) > WARD_JWKS_MAX_KID)) {
-            rc = ward__fail(err, errlen, WARD_EPARSE,
-                            "%s: key #%zu: \"kid\" must be a string of 1 to %d bytes", file, i + 1,
-                            WARD_JWKS_MAX_KID);
+            rc = ward_ctl_fail(err, errlen, WARD_EPARSE,
+                               "%s: key #%zu: \"kid\" must be a string of 1 to %d bytes", file,
+                               i + 1, WARD_JWKS_MAX_KID);
             goto out;
         }
         if (alg != NULL &&
@@ -575,20 +566,20 @@ int ward_jwks_load(const char *file, ward_jwks_t **out, char *err, size_t errlen
               strcmp(json_string_value(alg), type == EVP_PKEY_RSA ? "RS256" : "ES256") == 0))
             continue; /* declared for an algorithm ward does not accept */
         if (j->n == WARD_JWKS_MAX_KEYS) {
-            rc = ward__fail(err, errlen, WARD_ETOOLONG, "%s: more than %d signing keys", file,
-                            WARD_JWKS_MAX_KEYS);
+            rc = ward_ctl_fail(err, errlen, WARD_ETOOLONG, "%s: more than %d signing keys", file,
+                               WARD_JWKS_MAX_KEYS);
             goto out;
         }
         ward__jwk_t *k = &j->keys[j->n];
         rc = type == EVP_PKEY_RSA ? ward__jwk_rsa(jwk, &k->key, &why)
                                   : ward__jwk_ec(jwk, &k->key, &why);
         if (rc < 0) {
-            rc =
-                ward__fail(err, errlen, rc, "%s: key #%zu%s%s: %s", file, i + 1, kid ? " kid " : "",
-                           kid ? ward__shown(shown, sizeof(shown), json_string_value(kid),
-                                             json_string_length(kid))
-                               : "",
-                           why);
+            rc = ward_ctl_fail(err, errlen, rc, "%s: key #%zu%s%s: %s", file, i + 1,
+                               kid ? " kid " : "",
+                               kid ? ward__shown(shown, sizeof(shown), json_string_value(kid),
+                                                 json_string_length(kid))
+                                   : "",
+                               why);
             goto out;
         }
         k->type = type;
@@ -597,15 +588,16 @@ int ward_jwks_load(const char *file, ward_jwks_t **out, char *err, size_t errlen
             k->kid = ward_strndup(json_string_value(kid), json_string_length(kid));
             if (k->kid == NULL) {
                 EVP_PKEY_free(k->key);
-                rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+                rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
                 goto out;
             }
         }
         j->n++;
     }
     if (j->n == 0) {
-        rc = ward__fail(err, errlen, WARD_EKEY,
-                        "%s: no usable signing key (RSA, or EC P-256, with \"use\":\"sig\")", file);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY,
+                           "%s: no usable signing key (RSA, or EC P-256, with \"use\":\"sig\")",
+                           file);
         goto out;
     }
     *out = j;
@@ -647,16 +639,17 @@ static int ward__pick_key(const ward_jwks_t *jwks, const char *kid, size_t kid_l
         }
     }
     if (kid != NULL && found == NULL)
-        return ward__fail(err, errlen, WARD_EKEY,
-                          kid_seen ? "token key \"%s\" is not a key for its \"alg\""
-                                   : "token key \"%s\" is not in the JWKS",
-                          ward__shown(shown, sizeof(shown), kid, kid_len));
+        return ward_ctl_fail(err, errlen, WARD_EKEY,
+                             kid_seen ? "token key \"%s\" is not a key for its \"alg\""
+                                      : "token key \"%s\" is not in the JWKS",
+                             ward__shown(shown, sizeof(shown), kid, kid_len));
     if (kid == NULL && of_type != 1)
-        return ward__fail(err, errlen, WARD_EKEY,
-                          of_type == 0 ? "token has no \"kid\" and the JWKS has no key for its "
-                                         "\"alg\""
-                                       : "token has no \"kid\" and the JWKS has several keys for "
-                                         "its \"alg\"");
+        return ward_ctl_fail(err, errlen, WARD_EKEY,
+                             of_type == 0
+                                 ? "token has no \"kid\" and the JWKS has no key for its "
+                                   "\"alg\""
+                                 : "token has no \"kid\" and the JWKS has several keys for "
+                                   "its \"alg\"");
     *out = found;
     return 0;
 }
@@ -757,10 +750,10 @@ static int ward__check_claims(json_t *claims, const ward_k8s_token_policy_t *pol
     int rc;
 
     s = ward__str(claims, "iss", &len);
-    if (s == NULL) return ward__fail(err, errlen, WARD_EPARSE, "token has no \"iss\" string");
+    if (s == NULL) return ward_ctl_fail(err, errlen, WARD_EPARSE, "token has no \"iss\" string");
     if (len != strlen(pol->issuer) || memcmp(s, pol->issuer, len) != 0)
-        return ward__fail(err, errlen, WARD_EINVAL, "token issuer \"%s\" is not %s",
-                          ward__shown(shown, sizeof(shown), s, len), pol->issuer);
+        return ward_ctl_fail(err, errlen, WARD_EINVAL, "token issuer \"%s\" is not %s",
+                             ward__shown(shown, sizeof(shown), s, len), pol->issuer);
 
     json_t *aud = json_object_get(claims, "aud");
     int aud_ok = 0;
@@ -771,54 +764,54 @@ static int ward__check_claims(json_t *claims, const ward_k8s_token_policy_t *pol
         for (size_t i = 0; i < json_array_size(aud); i++) {
             json_t *a = json_array_get(aud, i);
             if (!json_is_string(a))
-                return ward__fail(err, errlen, WARD_EPARSE, "token \"aud\" has a non-string");
+                return ward_ctl_fail(err, errlen, WARD_EPARSE, "token \"aud\" has a non-string");
             if (json_string_length(a) == strlen(pol->audience) &&
                 memcmp(json_string_value(a), pol->audience, strlen(pol->audience)) == 0)
                 aud_ok = 1;
         }
     } else {
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "token \"aud\" is missing or not a string or array of strings");
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "token \"aud\" is missing or not a string or array of strings");
     }
     if (!aud_ok)
-        return ward__fail(err, errlen, WARD_EINVAL, "token audience does not include \"%s\"",
-                          pol->audience);
+        return ward_ctl_fail(err, errlen, WARD_EINVAL, "token audience does not include \"%s\"",
+                             pol->audience);
 
     rc = ward__claim_time(claims, "exp", &t);
-    if (rc <= 0) return ward__fail(err, errlen, WARD_EPARSE, "token has no numeric \"exp\"");
+    if (rc <= 0) return ward_ctl_fail(err, errlen, WARD_EPARSE, "token has no numeric \"exp\"");
     if (t <= pol->now - leeway)
-        return ward__fail(err, errlen, WARD_ERANGE, "token expired %lld s ago",
-                          (long long)(pol->now - t));
+        return ward_ctl_fail(err, errlen, WARD_ERANGE, "token expired %lld s ago",
+                             (long long)(pol->now - t));
     rc = ward__claim_time(claims, "nbf", &t);
-    if (rc < 0) return ward__fail(err, errlen, WARD_EPARSE, "token \"nbf\" is not a number");
+    if (rc < 0) return ward_ctl_fail(err, errlen, WARD_EPARSE, "token \"nbf\" is not a number");
     if (rc > 0 && t > pol->now + leeway)
-        return ward__fail(err, errlen, WARD_ERANGE, "token is not valid until %lld s from now",
-                          (long long)(t - pol->now));
+        return ward_ctl_fail(err, errlen, WARD_ERANGE, "token is not valid until %lld s from now",
+                             (long long)(t - pol->now));
     rc = ward__claim_time(claims, "iat", &t);
-    if (rc < 0) return ward__fail(err, errlen, WARD_EPARSE, "token \"iat\" is not a number");
+    if (rc < 0) return ward_ctl_fail(err, errlen, WARD_EPARSE, "token \"iat\" is not a number");
     if (rc > 0 && t > pol->now + leeway)
-        return ward__fail(err, errlen, WARD_ERANGE, "token is issued %lld s in the future",
-                          (long long)(t - pol->now));
+        return ward_ctl_fail(err, errlen, WARD_ERANGE, "token is issued %lld s in the future",
+                             (long long)(t - pol->now));
 
     json_t *k8s = json_object_get(claims, "kubernetes.io");
     json_t *sa = json_object_get(k8s, "serviceaccount");
     const char *ns = ward__str(k8s, "namespace", &ns_len);
     const char *san = ward__str(sa, "name", &sa_len);
     if (!json_is_object(k8s) || ns == NULL || !json_is_object(sa) || san == NULL)
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "token lacks the kubernetes.io namespace and serviceaccount.name "
-                          "claims (not a service-account token)");
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "token lacks the kubernetes.io namespace and serviceaccount.name "
+                             "claims (not a service-account token)");
     json_t *pod = json_object_get(k8s, "pod");
     if (pod != NULL && !json_is_object(pod))
-        return ward__fail(err, errlen, WARD_EPARSE, "token kubernetes.io.pod is not an object");
+        return ward_ctl_fail(err, errlen, WARD_EPARSE, "token kubernetes.io.pod is not an object");
     if (!ward__dns_label(ns, ns_len))
-        return ward__fail(err, errlen, WARD_ESPIFFE,
-                          "token namespace \"%s\" is not a DNS-1123 label",
-                          ward__shown(shown, sizeof(shown), ns, ns_len));
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "token namespace \"%s\" is not a DNS-1123 label",
+                             ward__shown(shown, sizeof(shown), ns, ns_len));
     if (!ward__dns_subdomain(san, sa_len))
-        return ward__fail(err, errlen, WARD_ESPIFFE,
-                          "token service account \"%s\" is not a DNS-1123 subdomain",
-                          ward__shown(shown, sizeof(shown), san, sa_len));
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "token service account \"%s\" is not a DNS-1123 subdomain",
+                             ward__shown(shown, sizeof(shown), san, sa_len));
 
     /* "sub" is system:serviceaccount:NS:SA in every kubelet token; a different one is forged. */
     char want[sizeof("system:serviceaccount::") + 63 + 253];
@@ -826,21 +819,23 @@ static int ward__check_claims(json_t *claims, const ward_k8s_token_policy_t *pol
                       (int)sa_len, san);
     s = ward__str(claims, "sub", &len);
     if (s != NULL && (len != (size_t)wn || memcmp(s, want, len) != 0))
-        return ward__fail(err, errlen, WARD_ESPIFFE,
-                          "token \"sub\" does not name the kubernetes.io service account %s", want);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "token \"sub\" does not name the kubernetes.io service account %s",
+                             want);
     if (s == NULL && json_object_get(claims, "sub") != NULL)
-        return ward__fail(err, errlen, WARD_EPARSE, "token \"sub\" is not a string");
+        return ward_ctl_fail(err, errlen, WARD_EPARSE, "token \"sub\" is not a string");
 
     size_t idlen = strlen("spiffe://") + strlen(pol->trust_domain) + strlen("/ns/") + ns_len +
                    strlen("/sa/") + sa_len;
     char *id = ward_malloc(idlen + 1);
-    if (id == NULL) return ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+    if (id == NULL) return ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
     snprintf(id, idlen + 1, "spiffe://%s/ns/%.*s/sa/%.*s", pol->trust_domain, (int)ns_len, ns,
              (int)sa_len, san);
     const char *why = NULL;
     if (ward_spiffe_id_parse(id, idlen, NULL, &why) < 0) {
         ward_free(id);
-        return ward__fail(err, errlen, WARD_ESPIFFE, "token maps to an invalid SPIFFE id: %s", why);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "token maps to an invalid SPIFFE id: %s",
+                             why);
     }
     *spiffe_id = id;
     return 0;
@@ -878,31 +873,31 @@ int ward_k8s_token_verify(const ward_jwks_t *jwks, const ward_k8s_token_policy_t
     if (jwks == NULL || pol == NULL || token == NULL || pol->issuer == NULL ||
         pol->audience == NULL || pol->trust_domain == NULL || pol->leeway_s < 0 ||
         pol->leeway_s > WARD_JWT_MAX_LEEWAY_S)
-        return ward__fail(err, errlen, WARD_EINVAL, "token verification is misconfigured");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL, "token verification is misconfigured");
     if (ward_spiffe_td_validate(pol->trust_domain, strlen(pol->trust_domain), &why) < 0)
-        return ward__fail(err, errlen, WARD_EINVAL, "invalid trust domain: %s", why);
+        return ward_ctl_fail(err, errlen, WARD_EINVAL, "invalid trust domain: %s", why);
     int64_t leeway = pol->leeway_s ? pol->leeway_s : WARD_JWT_LEEWAY_S;
 
     size_t n = strnlen(token, WARD_JWT_MAX + 1);
     if (n > WARD_JWT_MAX)
-        return ward__fail(err, errlen, WARD_ETOOLONG, "token is longer than %d bytes",
-                          WARD_JWT_MAX);
+        return ward_ctl_fail(err, errlen, WARD_ETOOLONG, "token is longer than %d bytes",
+                             WARD_JWT_MAX);
     const char *dot1 = memchr(token, '.', n);
     const char *dot2 = dot1 ? memchr(dot1 + 1, '.', n - (size_t)(dot1 + 1 - token)) : NULL;
     if (dot2 == NULL || memchr(dot2 + 1, '.', n - (size_t)(dot2 + 1 - token)) != NULL)
-        return ward__fail(err, errlen, WARD_EPARSE,
-                          "token is not a compact JWS (header.payload.signature)");
+        return ward_ctl_fail(err, errlen, WARD_EPARSE,
+                             "token is not a compact JWS (header.payload.signature)");
 
     header = ward__json_part(token, (size_t)(dot1 - token), &rc);
     if (header == NULL) {
-        rc = ward__fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
-                        "token header is not base64url-encoded JSON object");
+        rc = ward_ctl_fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
+                           "token header is not base64url-encoded JSON object");
         goto out;
     }
     size_t alg_len = 0;
     const char *alg = ward__str(header, "alg", &alg_len);
     if (alg == NULL) {
-        rc = ward__fail(err, errlen, WARD_EPARSE, "token header has no \"alg\"");
+        rc = ward_ctl_fail(err, errlen, WARD_EPARSE, "token header has no \"alg\"");
         goto out;
     }
     int type;
@@ -914,20 +909,20 @@ int ward_k8s_token_verify(const ward_jwks_t *jwks, const ward_k8s_token_policy_t
         const char *kind = strcmp(alg, "none") == 0     ? " (an unsigned token)"
                            : strncmp(alg, "HS", 2) == 0 ? " (HMAC)"
                                                         : "";
-        rc = ward__fail(err, errlen, WARD_EKEY,
-                        "token \"alg\" %s%s is refused: only RS256 and ES256 are accepted",
-                        ward__shown(shown, sizeof(shown), alg, alg_len), kind);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY,
+                           "token \"alg\" %s%s is refused: only RS256 and ES256 are accepted",
+                           ward__shown(shown, sizeof(shown), alg, alg_len), kind);
         goto out;
     }
     if (json_object_get(header, "crit") != NULL) {
-        rc = ward__fail(err, errlen, WARD_EPARSE,
-                        "token header has \"crit\" extensions ward does not understand");
+        rc = ward_ctl_fail(err, errlen, WARD_EPARSE,
+                           "token header has \"crit\" extensions ward does not understand");
         goto out;
     }
     json_t *kidv = json_object_get(header, "kid");
     const char *kid = ward__str(header, "kid", &kid_len);
     if (kidv != NULL && kid == NULL) {
-        rc = ward__fail(err, errlen, WARD_EPARSE, "token \"kid\" is not a string");
+        rc = ward_ctl_fail(err, errlen, WARD_EPARSE, "token \"kid\" is not a string");
         goto out;
     }
     rc = ward__pick_key(jwks, kid, kid_len, type, &key, err, errlen);
@@ -937,19 +932,19 @@ int ward_k8s_token_verify(const ward_jwks_t *jwks, const ward_k8s_token_policy_t
     size_t sig_b64_len = n - (size_t)(sig_b64 - token);
     rc = ward__b64url_decode(sig_b64, sig_b64_len, &sig, &sig_len);
     if (rc < 0 || sig_len == 0) {
-        rc = ward__fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
-                        "token signature is missing or not base64url");
+        rc = ward_ctl_fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
+                           "token signature is missing or not base64url");
         goto out;
     }
     if (!ward__verify_sig(key, (const uint8_t *)token, (size_t)(dot2 - token), sig, sig_len)) {
-        rc = ward__fail(err, errlen, WARD_EKEY, "token signature does not verify (%s)", alg);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY, "token signature does not verify (%s)", alg);
         goto out;
     }
 
     claims = ward__json_part(dot1 + 1, (size_t)(dot2 - dot1 - 1), &rc);
     if (claims == NULL) {
-        rc = ward__fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
-                        "token payload is not a base64url-encoded JSON object");
+        rc = ward_ctl_fail(err, errlen, rc == WARD_ENOMEM ? rc : WARD_EPARSE,
+                           "token payload is not a base64url-encoded JSON object");
         goto out;
     }
     rc = ward__check_claims(claims, pol, leeway, spiffe_id, err, errlen);

@@ -13,6 +13,7 @@
  * ward__recover).
  *
  * Not thread-safe: one thread (the agent's loop) drives a ward_ca_t at a time. */
+#include "fail.h"
 #include "ca.h"
 
 #include "ward/alloc.h"
@@ -80,29 +81,6 @@ struct ward_ca {
     uint64_t generation;
 };
 
-__attribute__((format(printf, 4, 5))) static int ward__fail(char *err, size_t errlen, int rc,
-                                                            const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    ERR_clear_error();
-    return rc;
-}
-
-static int64_t ward__ca_time(const ASN1_TIME *t)
-{
-    int days = 0, secs = 0;
-    ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
-    int64_t out = 0;
-    if (epoch != NULL && ASN1_TIME_diff(&days, &secs, epoch, t)) out = (int64_t)days * 86400 + secs;
-    ASN1_TIME_free(epoch);
-    return out;
-}
-
 /* --- keys ----------------------------------------------------------------------------------- */
 
 static EVP_PKEY *ward__p256_new(void)
@@ -159,40 +137,40 @@ static int ward__read_file(int dir_fd, const char *name, int nofollow, mode_t pe
 
     if (fd < 0) {
         rc = -errno;
-        return ward__fail(err, errlen, rc, "%s: cannot open: %s", shown, strerror(-rc));
+        return ward_ctl_fail(err, errlen, rc, "%s: cannot open: %s", shown, strerror(-rc));
     }
     if (fstat(fd, &st) != 0) {
-        rc = ward__fail(err, errlen, -errno, "%s: cannot stat: %s", shown, strerror(errno));
+        rc = ward_ctl_fail(err, errlen, -errno, "%s: cannot stat: %s", shown, strerror(errno));
         goto close_fd;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = ward__fail(err, errlen, WARD_EINVAL, "%s: not a regular file", shown);
+        rc = ward_ctl_fail(err, errlen, WARD_EINVAL, "%s: not a regular file", shown);
         goto close_fd;
     }
     if (st.st_mode & perm_mask) {
-        rc = ward__fail(err, errlen, WARD_EKEY,
-                        "%s: private key file has mode %04o; refusing a key that %s can read "
-                        "(chmod %04o)",
-                        shown, (unsigned)(st.st_mode & 07777),
-                        (perm_mask & 070) ? "group or others" : "others",
-                        (unsigned)(st.st_mode & 07777 & ~perm_mask));
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY,
+                           "%s: private key file has mode %04o; refusing a key that %s can read "
+                           "(chmod %04o)",
+                           shown, (unsigned)(st.st_mode & 07777),
+                           (perm_mask & 070) ? "group or others" : "others",
+                           (unsigned)(st.st_mode & 07777 & ~perm_mask));
         goto close_fd;
     }
     if (st.st_size > WARD_CA_MAX_FILE) {
-        rc = ward__fail(err, errlen, WARD_ETOOLONG, "%s: larger than %d bytes", shown,
-                        WARD_CA_MAX_FILE);
+        rc = ward_ctl_fail(err, errlen, WARD_ETOOLONG, "%s: larger than %d bytes", shown,
+                           WARD_CA_MAX_FILE);
         goto close_fd;
     }
     buf = ward_malloc((size_t)st.st_size + 1);
     if (buf == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory reading %s", shown);
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory reading %s", shown);
         goto close_fd;
     }
     while (n < (size_t)st.st_size) {
         ssize_t r = read(fd, buf + n, (size_t)st.st_size - n);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
-            rc = ward__fail(err, errlen, -errno, "%s: read failed: %s", shown, strerror(errno));
+            rc = ward_ctl_fail(err, errlen, -errno, "%s: read failed: %s", shown, strerror(errno));
             goto free_buf;
         }
         if (r == 0) break;
@@ -230,7 +208,7 @@ static int ward__read_key(int dir_fd, const char *name, int nofollow, mode_t per
     rc = ward__parse_key(pem, len, out);
     OPENSSL_cleanse(pem, len);
     ward_free(pem);
-    if (rc < 0) return ward__fail(err, errlen, rc, "%s: no readable PEM private key", shown);
+    if (rc < 0) return ward_ctl_fail(err, errlen, rc, "%s: no readable PEM private key", shown);
     return 0;
 }
 
@@ -246,7 +224,7 @@ static int ward__read_cert(int dir_fd, const char *name, const char *shown, X509
     BIO_free(bio);
     ward_free(pem);
     if (*out == NULL)
-        return ward__fail(err, errlen, WARD_ECERT, "%s: no readable certificate", shown);
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "%s: no readable certificate", shown);
     return 0;
 }
 
@@ -260,13 +238,13 @@ static int ward__write_file(ward_ca_t *ca, const char *name, const uint8_t *data
 
     snprintf(tmp, sizeof(tmp), "%s.tmp", name);
     if (unlinkat(ca->dir_fd, tmp, 0) != 0 && errno != ENOENT) {
-        return ward__fail(err, errlen, -errno, "%s/%s: cannot remove: %s", ca->state_dir, tmp,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s/%s: cannot remove: %s", ca->state_dir, tmp,
+                             strerror(errno));
     }
     int fd = openat(ca->dir_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0) {
-        return ward__fail(err, errlen, -errno, "%s/%s: cannot create: %s", ca->state_dir, tmp,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s/%s: cannot create: %s", ca->state_dir, tmp,
+                             strerror(errno));
     }
     if (fchmod(fd, mode) != 0) goto write_failed;
     while (off < len) {
@@ -289,8 +267,8 @@ write_failed:
     rc = -errno;
     if (fd >= 0) close(fd);
     unlinkat(ca->dir_fd, tmp, 0);
-    return ward__fail(err, errlen, rc, "%s/%s: cannot write: %s", ca->state_dir, name,
-                      strerror(-rc));
+    return ward_ctl_fail(err, errlen, rc, "%s/%s: cannot write: %s", ca->state_dir, name,
+                         strerror(-rc));
 }
 
 static int ward__write_pem(ward_ca_t *ca, const char *name, X509 *cert, EVP_PKEY *key, char *err,
@@ -306,7 +284,7 @@ static int ward__write_pem(ward_ca_t *ca, const char *name, X509 *cert, EVP_PKEY
                       : PEM_write_bio_X509(bio, cert)) ||
         !BIO_mem_contents(bio, &data, &len)) {
         BIO_free(bio);
-        return ward__fail(err, errlen, WARD_ENOMEM, "out of memory encoding %s", name);
+        return ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory encoding %s", name);
     }
     rc = ward__write_file(ca, name, data, len, key != NULL ? 0600 : 0644, err, errlen);
     if (key != NULL) OPENSSL_cleanse((void *)data, len);
@@ -323,12 +301,12 @@ static int ward__exists(int dir_fd, const char *name)
 static int ward__unlink(ward_ca_t *ca, const char *name, char *err, size_t errlen)
 {
     if (unlinkat(ca->dir_fd, name, 0) != 0 && errno != ENOENT) {
-        return ward__fail(err, errlen, -errno, "%s/%s: cannot remove: %s", ca->state_dir, name,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s/%s: cannot remove: %s", ca->state_dir, name,
+                             strerror(errno));
     }
     if (fsync(ca->dir_fd) != 0) {
-        return ward__fail(err, errlen, -errno, "%s: fsync failed: %s", ca->state_dir,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s: fsync failed: %s", ca->state_dir,
+                             strerror(errno));
     }
     return 0;
 }
@@ -595,17 +573,17 @@ static int ward__check_ca_cert(X509 *x, int64_t now, const char *what, const cha
 {
     uint32_t flags = X509_get_extension_flags(x);
     if (flags & EXFLAG_INVALID)
-        return ward__fail(err, errlen, WARD_ECERT, "%s: %s has extensions that do not parse", file,
-                          what);
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "%s: %s has extensions that do not parse",
+                             file, what);
     if (!(flags & EXFLAG_CA))
-        return ward__fail(err, errlen, WARD_ECERT,
-                          "%s: %s is not a CA certificate (basicConstraints cA is not true)", file,
-                          what);
+        return ward_ctl_fail(err, errlen, WARD_ECERT,
+                             "%s: %s is not a CA certificate (basicConstraints cA is not true)",
+                             file, what);
     if (!(flags & EXFLAG_KUSAGE) || !(X509_get_key_usage(x) & KU_KEY_CERT_SIGN))
-        return ward__fail(err, errlen, WARD_ECERT, "%s: %s has no keyUsage allowing keyCertSign",
-                          file, what);
-    if (ward__ca_time(X509_get0_notAfter(x)) <= now)
-        return ward__fail(err, errlen, WARD_ECERT, "%s: %s has expired", file, what);
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "%s: %s has no keyUsage allowing keyCertSign",
+                             file, what);
+    if (ward_asn1_time_to_unix(X509_get0_notAfter(x)) <= now)
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "%s: %s has expired", file, what);
     return 0;
 }
 
@@ -640,19 +618,19 @@ static int ward__load_root(ward_ca_t *ca, const char *cert_name, const char *key
     rc = ward__check_ca_cert(*cert, (int64_t)time(NULL), "the root", shown, err, errlen);
     if (rc < 0) return rc;
     if (!ward__td_of_root(*cert, ca->td))
-        return ward__fail(err, errlen, WARD_ECERT,
-                          "%s: this root belongs to another trust domain than %s; use another "
-                          "--state-dir",
-                          shown, ca->td);
+        return ward_ctl_fail(err, errlen, WARD_ECERT,
+                             "%s: this root belongs to another trust domain than %s; use another "
+                             "--state-dir",
+                             shown, ca->td);
     if (key_name == NULL) return 0;
     snprintf(shown, sizeof(shown), "%s/%s", ca->state_dir, key_name);
     rc = ward__read_key(ca->dir_fd, key_name, 1, 077, shown, key, err, errlen);
     if (rc < 0) return rc;
     if (ward__key_policy(*key, &why) < 0)
-        return ward__fail(err, errlen, WARD_EKEY, "%s: %s", shown, why);
+        return ward_ctl_fail(err, errlen, WARD_EKEY, "%s: %s", shown, why);
     if (!X509_check_private_key(*cert, *key))
-        return ward__fail(err, errlen, WARD_EKEYMISMATCH, "%s does not match %s/%s", shown,
-                          ca->state_dir, cert_name);
+        return ward_ctl_fail(err, errlen, WARD_EKEYMISMATCH, "%s does not match %s/%s", shown,
+                             ca->state_dir, cert_name);
     return 0;
 }
 
@@ -660,7 +638,7 @@ static int ward__load_root(ward_ca_t *ca, const char *cert_name, const char *key
 static int ward__generate(ward_ca_t *ca, char *err, size_t errlen)
 {
     int rc = ward__root_new(ca->td, &ca->cert, &ca->key);
-    if (rc < 0) return ward__fail(err, errlen, rc, "could not generate the root CA");
+    if (rc < 0) return ward_ctl_fail(err, errlen, rc, "could not generate the root CA");
     rc = ward__write_pem(ca, WARD_CA_KEY, NULL, ca->key, err, errlen);
     if (rc == 0) rc = ward__write_pem(ca, WARD_CA_CERT, ca->cert, NULL, err, errlen);
     if (rc == 0) rc = ward__unlink(ca, WARD_CA_NEXT_CERT, err, errlen);
@@ -688,8 +666,8 @@ static int ward__recover(ward_ca_t *ca, char *err, size_t errlen)
             return ward__unlink(ca, WARD_CA_PREV_CERT, err, errlen);
         }
         snprintf(shown, sizeof(shown), "%s/%s", ca->state_dir, WARD_CA_NEXT_CERT);
-        return ward__fail(err, errlen, WARD_EKEY, "%s has no key (%s/%s is missing)", shown,
-                          ca->state_dir, WARD_CA_NEXT_KEY);
+        return ward_ctl_fail(err, errlen, WARD_EKEY, "%s has no key (%s/%s is missing)", shown,
+                             ca->state_dir, WARD_CA_NEXT_KEY);
     }
     rc = ward__unlink(ca, WARD_CA_NEXT_KEY, err, errlen);
     if (rc < 0) return rc;
@@ -704,32 +682,32 @@ static int ward__open_state(ward_ca_t *ca, const char *dir, char *err, size_t er
     int rc;
 
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return ward__fail(err, errlen, -errno, "%s: cannot create the state directory: %s", dir,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s: cannot create the state directory: %s", dir,
+                             strerror(errno));
     ca->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (ca->dir_fd < 0)
-        return ward__fail(err, errlen, -errno, "%s: cannot open the state directory: %s", dir,
-                          strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s: cannot open the state directory: %s", dir,
+                             strerror(errno));
     if (fstat(ca->dir_fd, &st) != 0)
-        return ward__fail(err, errlen, -errno, "%s: cannot stat: %s", dir, strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno, "%s: cannot stat: %s", dir, strerror(errno));
     if (st.st_mode & 022)
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "%s: state directory is writable by group or others (mode %04o); "
-                          "chmod 0700",
-                          dir, (unsigned)(st.st_mode & 07777));
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "%s: state directory is writable by group or others (mode %04o); "
+                             "chmod 0700",
+                             dir, (unsigned)(st.st_mode & 07777));
 
     if (!ward__exists(ca->dir_fd, WARD_CA_CERT)) {
         if (ward__exists(ca->dir_fd, WARD_CA_NEXT_CERT) ||
             ward__exists(ca->dir_fd, WARD_CA_PREV_CERT))
-            return ward__fail(err, errlen, WARD_ECERT,
-                              "%s: %s is missing but rotation files are present; restore it or "
-                              "empty the directory",
-                              dir, WARD_CA_CERT);
+            return ward_ctl_fail(err, errlen, WARD_ECERT,
+                                 "%s: %s is missing but rotation files are present; restore it or "
+                                 "empty the directory",
+                                 dir, WARD_CA_CERT);
         return ward__generate(ca, err, errlen);
     }
     if (!ward__exists(ca->dir_fd, WARD_CA_KEY))
-        return ward__fail(err, errlen, WARD_EKEY, "%s/%s exists but %s is missing", dir,
-                          WARD_CA_CERT, WARD_CA_KEY);
+        return ward_ctl_fail(err, errlen, WARD_EKEY, "%s/%s exists but %s is missing", dir,
+                             WARD_CA_CERT, WARD_CA_KEY);
     rc = ward__load_root(ca, WARD_CA_CERT, WARD_CA_KEY, &ca->cert, &ca->key, err, errlen);
     if (rc == WARD_EKEYMISMATCH && ward__exists(ca->dir_fd, WARD_CA_NEXT_CERT) &&
         !ward__exists(ca->dir_fd, WARD_CA_NEXT_KEY)) {
@@ -740,8 +718,8 @@ static int ward__open_state(ward_ca_t *ca, const char *dir, char *err, size_t er
         ca->key = NULL;
         if (renameat(ca->dir_fd, WARD_CA_NEXT_CERT, ca->dir_fd, WARD_CA_CERT) != 0 ||
             fsync(ca->dir_fd) != 0)
-            return ward__fail(err, errlen, -errno, "%s: cannot complete the rotation: %s", dir,
-                              strerror(errno));
+            return ward_ctl_fail(err, errlen, -errno, "%s: cannot complete the rotation: %s", dir,
+                                 strerror(errno));
         rc = ward__load_root(ca, WARD_CA_CERT, WARD_CA_KEY, &ca->cert, &ca->key, err, errlen);
     }
     if (rc < 0) return rc;
@@ -764,19 +742,19 @@ static int ward__open_operator(ward_ca_t *ca, const char *cert_file, const char 
 
     n = ward_pem_read_certs(cert_file, &der, &len);
     if (n < 0)
-        return ward__fail(err, errlen, WARD_ECERT, "%s: no readable PEM certificate (%s)",
-                          cert_file, ward_strerror(n));
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "%s: no readable PEM certificate (%s)",
+                             cert_file, ward_strerror(n));
     if (n > WARD_CA_MAX_CHAIN) {
-        rc = ward__fail(err, errlen, WARD_ECERT, "%s: more than %d certificates", cert_file,
-                        WARD_CA_MAX_CHAIN);
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT, "%s: more than %d certificates", cert_file,
+                           WARD_CA_MAX_CHAIN);
         goto out;
     }
     for (int i = 0; i < n; i++) {
         const uint8_t *p = der[i];
         certs[i] = d2i_X509(NULL, &p, (long)len[i]);
         if (certs[i] == NULL || p != der[i] + len[i]) {
-            rc = ward__fail(err, errlen, WARD_ECERT, "%s: certificate #%d does not parse",
-                            cert_file, i + 1);
+            rc = ward_ctl_fail(err, errlen, WARD_ECERT, "%s: certificate #%d does not parse",
+                               cert_file, i + 1);
             goto out;
         }
     }
@@ -784,12 +762,12 @@ static int ward__open_operator(ward_ca_t *ca, const char *cert_file, const char 
     rc = ward__read_key(AT_FDCWD, key_file, 0, 007, key_file, &ca->key, err, errlen);
     if (rc < 0) goto out;
     if (ward__key_policy(ca->key, &why) < 0) {
-        rc = ward__fail(err, errlen, WARD_EKEY, "%s: the CA key is %s", key_file, why);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY, "%s: the CA key is %s", key_file, why);
         goto out;
     }
     if (!X509_check_private_key(certs[0], ca->key)) {
-        rc = ward__fail(err, errlen, WARD_EKEYMISMATCH,
-                        "%s does not match the first certificate in %s", key_file, cert_file);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEYMISMATCH,
+                           "%s does not match the first certificate in %s", key_file, cert_file);
         goto out;
     }
     ca->not_after = INT64_MAX;
@@ -797,21 +775,21 @@ static int ward__open_operator(ward_ca_t *ca, const char *cert_file, const char 
         snprintf(what, sizeof(what), "certificate #%d", i + 1);
         rc = ward__check_ca_cert(certs[i], now, what, cert_file, err, errlen);
         if (rc < 0) goto out;
-        int64_t na = ward__ca_time(X509_get0_notAfter(certs[i]));
+        int64_t na = ward_asn1_time_to_unix(X509_get0_notAfter(certs[i]));
         if (na < ca->not_after) ca->not_after = na;
         if (i + 1 < n && X509_check_issued(certs[i + 1], certs[i]) != X509_V_OK) {
-            rc = ward__fail(err, errlen, WARD_ECERT,
-                            "%s: certificate #%d is not issued by certificate #%d; list the CA "
-                            "certificate first, then each issuer up to the root",
-                            cert_file, i + 1, i + 2);
+            rc = ward_ctl_fail(err, errlen, WARD_ECERT,
+                               "%s: certificate #%d is not issued by certificate #%d; list the CA "
+                               "certificate first, then each issuer up to the root",
+                               cert_file, i + 1, i + 2);
             goto out;
         }
     }
     if (X509_check_issued(certs[n - 1], certs[n - 1]) != X509_V_OK) {
-        rc = ward__fail(err, errlen, WARD_ECERT,
-                        "%s: the chain does not end with a self-signed root; append the issuers "
-                        "up to the root (workloads trust the root)",
-                        cert_file);
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT,
+                           "%s: the chain does not end with a self-signed root; append the issuers "
+                           "up to the root (workloads trust the root)",
+                           cert_file);
         goto out;
     }
 
@@ -821,30 +799,31 @@ static int ward__open_operator(ward_ca_t *ca, const char *cert_file, const char 
     vctx = X509_STORE_CTX_new();
     if (store == NULL || untrusted == NULL || vctx == NULL ||
         !X509_STORE_add_cert(store, certs[n - 1])) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto out;
     }
     for (int i = 1; i < n - 1; i++) {
         if (!sk_X509_push(untrusted, certs[i])) {
-            rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+            rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
             goto out;
         }
         X509_up_ref(certs[i]);
     }
     if (!X509_STORE_CTX_init(vctx, store, certs[0], untrusted)) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto out;
     }
     if (X509_verify_cert(vctx) != 1) {
-        rc = ward__fail(err, errlen, WARD_ECERT, "%s: the CA chain does not verify: %s", cert_file,
-                        X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        rc =
+            ward_ctl_fail(err, errlen, WARD_ECERT, "%s: the CA chain does not verify: %s",
+                          cert_file, X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
         goto out;
     }
 
     for (int i = 0; i < n - 1; i++) {
         rc = ward__der(certs[i], &ca->inter_der[i], &ca->inter_len[i]);
         if (rc < 0) {
-            rc = ward__fail(err, errlen, rc, "out of memory");
+            rc = ward_ctl_fail(err, errlen, rc, "out of memory");
             goto out;
         }
         ca->ninter++;
@@ -881,21 +860,21 @@ int ward_ca_open(const char *state_dir, const char *ca_cert, const char *ca_key,
     *out = NULL;
     if (trust_domain == NULL ||
         ward_spiffe_td_validate(trust_domain, strlen(trust_domain), &why) < 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "invalid trust domain \"%s\": %s",
-                          trust_domain ? trust_domain : "", why ? why : "missing");
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "invalid trust domain \"%s\": %s",
+                             trust_domain ? trust_domain : "", why ? why : "missing");
     if ((ca_cert == NULL) != (ca_key == NULL))
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "--ca-cert and --ca-key must be given together");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "--ca-cert and --ca-key must be given together");
     if (ca_cert == NULL && (state_dir == NULL || state_dir[0] == '\0'))
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "a state directory is needed to keep the generated root CA");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "a state directory is needed to keep the generated root CA");
 
     ca = ward_calloc(1, sizeof(*ca));
-    if (ca == NULL) return ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+    if (ca == NULL) return ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
     ca->dir_fd = -1;
     ca->td = ward_strdup(trust_domain);
     if (ca->td == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto fail;
     }
     if (ca_cert != NULL) {
@@ -903,13 +882,13 @@ int ward_ca_open(const char *state_dir, const char *ca_cert, const char *ca_key,
     } else {
         ca->state_dir = ward_strdup(state_dir);
         rc = ca->state_dir != NULL ? ward__open_state(ca, state_dir, err, errlen)
-                                   : ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
-        if (rc == 0) ca->not_after = ward__ca_time(X509_get0_notAfter(ca->cert));
+                                   : ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
+        if (rc == 0) ca->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(ca->cert));
     }
     if (rc < 0) goto fail;
     rc = ward__bundle_rebuild(ca);
     if (rc < 0) {
-        rc = ward__fail(err, errlen, rc, "could not encode the trust bundle");
+        rc = ward_ctl_fail(err, errlen, rc, "could not encode the trust bundle");
         goto fail;
     }
     *out = ca;
@@ -959,16 +938,16 @@ static int ward__check_id(const ward_ca_t *ca, const char *id, char *err, size_t
 {
     ward_spiffe_id_t p;
     const char *why = NULL;
-    if (id == NULL) return ward__fail(err, errlen, WARD_EINVAL, "no SPIFFE id to sign");
+    if (id == NULL) return ward_ctl_fail(err, errlen, WARD_EINVAL, "no SPIFFE id to sign");
     if (ward_spiffe_id_parse(id, strlen(id), &p, &why) < 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "\"%.256s\" is not a valid SPIFFE id: %s", id,
-                          why);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE, "\"%.256s\" is not a valid SPIFFE id: %s",
+                             id, why);
     if (p.td_len != strlen(ca->td) || memcmp(p.td, ca->td, p.td_len) != 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE, "%.256s is outside this CA's trust domain %s",
-                          id, ca->td);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "%.256s is outside this CA's trust domain %s", id, ca->td);
     if (p.path_len == 0)
-        return ward__fail(err, errlen, WARD_ESPIFFE,
-                          "%s names the trust domain itself; an SVID needs a workload path", id);
+        return ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                             "%s names the trust domain itself; an SVID needs a workload path", id);
     return 0;
 }
 
@@ -986,8 +965,8 @@ static int ward__issue(ward_ca_t *ca, EVP_PKEY *pub, const char *id, uint32_t tt
     int rc = 0;
 
     if (ca->not_after <= now)
-        return ward__fail(err, errlen, WARD_ECERT,
-                          "the CA certificate has expired; nothing can be signed");
+        return ward_ctl_fail(err, errlen, WARD_ECERT,
+                             "the CA certificate has expired; nothing can be signed");
     if (not_after > ca->not_after) not_after = ca->not_after;
 
     x = X509_new();
@@ -1000,30 +979,30 @@ static int ward__issue(ward_ca_t *ca, EVP_PKEY *pub, const char *id, uint32_t tt
         !ward__add_bc(x, 0) || !ward__add_ku(x, ku_bits, sizeof(ku_bits) / sizeof(ku_bits[0])) ||
         !ward__add_eku(x) || !ward__add_ski(x) || !ward__add_aki(x, ca->cert) ||
         !ward__add_uri_san(x, id, 0)) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "could not build the certificate for %s", id);
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "could not build the certificate for %s", id);
         goto out;
     }
     if (X509_sign(x, ca->key, EVP_sha256()) <= 0) {
-        rc = ward__fail(err, errlen, WARD_ECERT, "could not sign the certificate for %s", id);
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT, "could not sign the certificate for %s", id);
         goto out;
     }
 
     chain.der = ward_calloc(1 + ca->ninter, sizeof(*chain.der));
     chain.len = ward_calloc(1 + ca->ninter, sizeof(*chain.len));
     if (chain.der == NULL || chain.len == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto out;
     }
     rc = ward__der(x, &chain.der[0], &chain.len[0]);
     if (rc < 0) {
-        rc = ward__fail(err, errlen, rc, "could not encode the certificate for %s", id);
+        rc = ward_ctl_fail(err, errlen, rc, "could not encode the certificate for %s", id);
         goto out;
     }
     chain.n = 1;
     for (size_t i = 0; i < ca->ninter; i++) {
         chain.der[i + 1] = ward_malloc(ca->inter_len[i]);
         if (chain.der[i + 1] == NULL) {
-            rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+            rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
             goto out;
         }
         memcpy(chain.der[i + 1], ca->inter_der[i], ca->inter_len[i]);
@@ -1051,39 +1030,41 @@ static int ward__csr_sans(X509_REQ *req, const char *id, char *err, size_t errle
     if (exts == NULL) {
         if (X509_REQ_get_attr_by_NID(req, NID_ext_req, -1) >= 0 ||
             X509_REQ_get_attr_by_NID(req, NID_ms_ext_req, -1) >= 0)
-            return ward__fail(err, errlen, WARD_ECERT,
-                              "the CSR's extension request does not parse");
+            return ward_ctl_fail(err, errlen, WARD_ECERT,
+                                 "the CSR's extension request does not parse");
         return 0;
     }
     for (size_t i = 0; i < sk_X509_EXTENSION_num(exts) && rc == 0; i++) {
         X509_EXTENSION *ext = sk_X509_EXTENSION_value(exts, i);
         if (OBJ_obj2nid(X509_EXTENSION_get_object(ext)) != NID_subject_alt_name) continue;
         if (sans++ > 0) {
-            rc = ward__fail(err, errlen, WARD_ECERT, "the CSR has more than one SAN extension");
+            rc = ward_ctl_fail(err, errlen, WARD_ECERT, "the CSR has more than one SAN extension");
             break;
         }
         GENERAL_NAMES *names = X509V3_EXT_d2i(ext);
         if (names == NULL) {
-            rc = ward__fail(err, errlen, WARD_ECERT, "the CSR's subjectAltName does not parse");
+            rc = ward_ctl_fail(err, errlen, WARD_ECERT, "the CSR's subjectAltName does not parse");
             break;
         }
         size_t uris = 0;
         for (size_t j = 0; j < sk_GENERAL_NAME_num(names) && rc == 0; j++) {
             const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, j);
             if (gn->type != GEN_URI) {
-                rc = ward__fail(err, errlen, WARD_ECERT,
-                                "the CSR asks for a SAN that is not a URI; an SVID carries "
-                                "exactly one URI SAN");
+                rc = ward_ctl_fail(err, errlen, WARD_ECERT,
+                                   "the CSR asks for a SAN that is not a URI; an SVID carries "
+                                   "exactly one URI SAN");
             } else if (++uris > 1) {
-                rc = ward__fail(err, errlen, WARD_ECERT, "the CSR asks for more than one URI SAN");
+                rc = ward_ctl_fail(err, errlen, WARD_ECERT,
+                                   "the CSR asks for more than one URI SAN");
             } else {
                 const ASN1_STRING *s = gn->d.uniformResourceIdentifier;
                 if ((size_t)ASN1_STRING_length(s) != strlen(id) ||
                     memcmp(ASN1_STRING_get0_data(s), id, strlen(id)) != 0)
-                    rc = ward__fail(err, errlen, WARD_ESPIFFE,
-                                    "the CSR asks for a URI SAN other than the attested identity "
-                                    "%s",
-                                    id);
+                    rc =
+                        ward_ctl_fail(err, errlen, WARD_ESPIFFE,
+                                      "the CSR asks for a URI SAN other than the attested identity "
+                                      "%s",
+                                      id);
             }
         }
         GENERAL_NAMES_free(names);
@@ -1103,36 +1084,37 @@ int ward_ca_sign_csr(ward_ca_t *ca, const uint8_t *csr, size_t csr_len, const ch
     out->der = NULL;
     out->len = NULL;
     out->n = 0;
-    if (ttl_s == 0) return ward__fail(err, errlen, WARD_EINVAL, "the SVID lifetime must be > 0");
+    if (ttl_s == 0) return ward_ctl_fail(err, errlen, WARD_EINVAL, "the SVID lifetime must be > 0");
     rc = ward__check_id(ca, spiffe_id, err, errlen);
     if (rc < 0) return rc;
     if (csr == NULL || csr_len == 0 || csr_len > WARD_CA_MAX_CSR)
-        return ward__fail(err, errlen, WARD_ECERT, "the CSR is empty or larger than %d bytes",
-                          WARD_CA_MAX_CSR);
+        return ward_ctl_fail(err, errlen, WARD_ECERT, "the CSR is empty or larger than %d bytes",
+                             WARD_CA_MAX_CSR);
 
     const uint8_t *p = csr;
     req = d2i_X509_REQ(NULL, &p, (long)csr_len);
     if (req == NULL || p != csr + csr_len) {
-        rc = ward__fail(err, errlen, WARD_ECERT, "the CSR is not a DER PKCS#10 request");
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT, "the CSR is not a DER PKCS#10 request");
         goto out;
     }
     if (X509_REQ_get_version(req) != X509_REQ_VERSION_1) {
-        rc = ward__fail(err, errlen, WARD_ECERT, "the CSR has an unknown version");
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT, "the CSR has an unknown version");
         goto out;
     }
     pub = X509_REQ_get_pubkey(req);
     if (pub == NULL) {
-        rc = ward__fail(err, errlen, WARD_EKEY, "the CSR's public key is of an unsupported type");
+        rc =
+            ward_ctl_fail(err, errlen, WARD_EKEY, "the CSR's public key is of an unsupported type");
         goto out;
     }
     if (ward__key_policy(pub, &why) < 0) {
-        rc = ward__fail(err, errlen, WARD_EKEY, "the CSR carries %s", why);
+        rc = ward_ctl_fail(err, errlen, WARD_EKEY, "the CSR carries %s", why);
         goto out;
     }
     if (X509_REQ_verify(req, pub) != 1) {
-        rc = ward__fail(err, errlen, WARD_ECERT,
-                        "the CSR's signature does not verify with its own key (altered, or not "
-                        "signed by the key it names)");
+        rc = ward_ctl_fail(err, errlen, WARD_ECERT,
+                           "the CSR's signature does not verify with its own key (altered, or not "
+                           "signed by the key it names)");
         goto out;
     }
     rc = ward__csr_sans(req, spiffe_id, err, errlen);
@@ -1159,23 +1141,23 @@ int ward_ca_mint(ward_ca_t *ca, const char *spiffe_id, uint32_t ttl_s, ward_der_
     chain->n = 0;
     *key_pkcs8 = NULL;
     *key_len = 0;
-    if (ttl_s == 0) return ward__fail(err, errlen, WARD_EINVAL, "the SVID lifetime must be > 0");
+    if (ttl_s == 0) return ward_ctl_fail(err, errlen, WARD_EINVAL, "the SVID lifetime must be > 0");
     rc = ward__check_id(ca, spiffe_id, err, errlen);
     if (rc < 0) return rc;
     key = ward__p256_new();
-    if (key == NULL) return ward__fail(err, errlen, WARD_ENOMEM, "could not generate a key");
+    if (key == NULL) return ward_ctl_fail(err, errlen, WARD_ENOMEM, "could not generate a key");
     if (!CBB_init(&cbb, 0)) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto free_key;
     }
     if (!EVP_marshal_private_key(&cbb, key) || !CBB_finish(&cbb, &der, &len)) {
         CBB_cleanup(&cbb);
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "could not encode the private key");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "could not encode the private key");
         goto free_key;
     }
     *key_pkcs8 = ward_malloc(len);
     if (*key_pkcs8 == NULL) {
-        rc = ward__fail(err, errlen, WARD_ENOMEM, "out of memory");
+        rc = ward_ctl_fail(err, errlen, WARD_ENOMEM, "out of memory");
         goto free_der;
     }
     memcpy(*key_pkcs8, der, len);
@@ -1201,9 +1183,10 @@ free_key:
 static int ward__rotatable(const ward_ca_t *ca, char *err, size_t errlen)
 {
     if (ca->dir_fd >= 0) return 0;
-    return ward__fail(err, errlen, WARD_EINVAL,
-                      "the CA is operator-provided (--ca-cert/--ca-key); ward rotates only roots "
-                      "it generates: rotate it by replacing those files and restarting the agent");
+    return ward_ctl_fail(
+        err, errlen, WARD_EINVAL,
+        "the CA is operator-provided (--ca-cert/--ca-key); ward rotates only roots "
+        "it generates: rotate it by replacing those files and restarting the agent");
 }
 
 int ward_ca_rotate_prepare(ward_ca_t *ca, char *err, size_t errlen)
@@ -1213,13 +1196,13 @@ int ward_ca_rotate_prepare(ward_ca_t *ca, char *err, size_t errlen)
     int rc = ward__rotatable(ca, err, errlen);
     if (rc < 0) return rc;
     if (ca->next != NULL)
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "a rotation is already prepared; activate it first");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "a rotation is already prepared; activate it first");
     if (ca->prev != NULL)
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "the previous rotation is not finished; finish it first");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "the previous rotation is not finished; finish it first");
     rc = ward__root_new(ca->td, &cert, &key);
-    if (rc < 0) return ward__fail(err, errlen, rc, "could not generate the new root CA");
+    if (rc < 0) return ward_ctl_fail(err, errlen, rc, "could not generate the new root CA");
     rc = ward__write_pem(ca, WARD_CA_NEXT_KEY, NULL, key, err, errlen);
     if (rc == 0) rc = ward__write_pem(ca, WARD_CA_NEXT_CERT, cert, NULL, err, errlen);
     if (rc < 0) goto fail;
@@ -1228,7 +1211,7 @@ int ward_ca_rotate_prepare(ward_ca_t *ca, char *err, size_t errlen)
     rc = ward__bundle_rebuild(ca);
     if (rc < 0) {
         /* Persisted already: a restart picks the prepared root up. */
-        return ward__fail(err, errlen, rc, "could not encode the trust bundle");
+        return ward_ctl_fail(err, errlen, rc, "could not encode the trust bundle");
     }
     return 0;
 fail:
@@ -1244,31 +1227,32 @@ int ward_ca_rotate_activate(ward_ca_t *ca, char *err, size_t errlen)
     int rc = ward__rotatable(ca, err, errlen);
     if (rc < 0) return rc;
     if (ca->next == NULL)
-        return ward__fail(err, errlen, WARD_EINVAL, "no rotation is prepared; prepare one first");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "no rotation is prepared; prepare one first");
     rc = ward__write_pem(ca, WARD_CA_PREV_CERT, ca->cert, NULL, err, errlen);
     if (rc < 0) return rc;
     if (renameat(ca->dir_fd, WARD_CA_NEXT_KEY, ca->dir_fd, WARD_CA_KEY) != 0) {
-        rc = ward__fail(err, errlen, -errno, "%s: cannot move %s into place: %s", ca->state_dir,
-                        WARD_CA_NEXT_KEY, strerror(errno));
+        rc = ward_ctl_fail(err, errlen, -errno, "%s: cannot move %s into place: %s", ca->state_dir,
+                           WARD_CA_NEXT_KEY, strerror(errno));
         unlinkat(ca->dir_fd, WARD_CA_PREV_CERT, 0);
         return rc;
     }
     /* From here on a restart completes the activation (see ward__open_state). */
     if (renameat(ca->dir_fd, WARD_CA_NEXT_CERT, ca->dir_fd, WARD_CA_CERT) != 0 ||
         fsync(ca->dir_fd) != 0)
-        return ward__fail(err, errlen, -errno,
-                          "%s: cannot move %s into place (%s); restarting the agent completes "
-                          "the activation",
-                          ca->state_dir, WARD_CA_NEXT_CERT, strerror(errno));
+        return ward_ctl_fail(err, errlen, -errno,
+                             "%s: cannot move %s into place (%s); restarting the agent completes "
+                             "the activation",
+                             ca->state_dir, WARD_CA_NEXT_CERT, strerror(errno));
     ca->prev = ca->cert;
     EVP_PKEY_free(ca->key);
     ca->cert = ca->next;
     ca->key = ca->next_key;
     ca->next = NULL;
     ca->next_key = NULL;
-    ca->not_after = ward__ca_time(X509_get0_notAfter(ca->cert));
+    ca->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(ca->cert));
     rc = ward__bundle_rebuild(ca);
-    if (rc < 0) return ward__fail(err, errlen, rc, "could not encode the trust bundle");
+    if (rc < 0) return ward_ctl_fail(err, errlen, rc, "could not encode the trust bundle");
     return 0;
 }
 
@@ -1277,13 +1261,13 @@ int ward_ca_rotate_finish(ward_ca_t *ca, char *err, size_t errlen)
     int rc = ward__rotatable(ca, err, errlen);
     if (rc < 0) return rc;
     if (ca->prev == NULL)
-        return ward__fail(err, errlen, WARD_EINVAL,
-                          "no activated rotation to finish (prepare and activate come first)");
+        return ward_ctl_fail(err, errlen, WARD_EINVAL,
+                             "no activated rotation to finish (prepare and activate come first)");
     rc = ward__unlink(ca, WARD_CA_PREV_CERT, err, errlen);
     if (rc < 0) return rc;
     X509_free(ca->prev);
     ca->prev = NULL;
     rc = ward__bundle_rebuild(ca);
-    if (rc < 0) return ward__fail(err, errlen, rc, "could not encode the trust bundle");
+    if (rc < 0) return ward_ctl_fail(err, errlen, rc, "could not encode the trust bundle");
     return 0;
 }

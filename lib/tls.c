@@ -144,7 +144,7 @@ static void ward__tls_init_once(void)
     ward__rbio_method = ward__rbio_method_new();
 }
 
-static int64_t ward__asn1_time_to_unix(const ASN1_TIME *t)
+int64_t ward_asn1_time_to_unix(const ASN1_TIME *t)
 {
     int days = 0, secs = 0;
     ASN1_TIME *epoch = ASN1_TIME_set(NULL, 0);
@@ -608,8 +608,8 @@ int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, 
     ward_spiffe_id_t parsed;
     ward_spiffe_id_parse(id->spiffe_id, strlen(id->spiffe_id), &parsed, NULL);
     id->td_len = parsed.td_len;
-    id->not_before = ward__asn1_time_to_unix(X509_get0_notBefore(leaf));
-    id->not_after = ward__asn1_time_to_unix(X509_get0_notAfter(leaf));
+    id->not_before = ward_asn1_time_to_unix(X509_get0_notBefore(leaf));
+    id->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(leaf));
 
     /* Our own chain must verify against our bundle: catches a half-rotated set of files. */
     char *self_id = NULL;

@@ -46,6 +46,8 @@ int ward_identity_load(const char *cert_file, const char *key_file, const char *
 int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
                       EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
                       size_t nroots, ward_identity_t **out, char *err, size_t errlen);
+/* An X.509 time as Unix seconds (0 if it cannot be converted). */
+int64_t ward_asn1_time_to_unix(const ASN1_TIME *t);
 /* Frees one DER buffer returned by ward_pem_read_certs. */
 void ward_pem_free(uint8_t *der);
 void ward_key_free(EVP_PKEY *key);
