@@ -190,8 +190,8 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
             break;
         case O_TTL:
         case O_WTTL:
-            if (ward_duration_parse(optarg, &ms) < 0 || ms < 10000 || ms > 30ull * 86400000) {
-                snprintf(err, errlen, "%s '%s': expected a duration from 10s to 30 days",
+            if (ward_duration_parse(optarg, &ms) < 0 || ms < 2000 || ms > 30ull * 86400000) {
+                snprintf(err, errlen, "%s '%s': expected a duration from 2s to 30 days",
                          ch == O_TTL ? "--svid-ttl" : "--workload-svid-ttl", optarg);
                 return WARD_EINVAL;
             }
