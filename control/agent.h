@@ -84,6 +84,7 @@ typedef struct {
     uint64_t policy_reload_failed;
     uint64_t nacks;
     uint64_t workload_svids;
+    uint64_t accept_paused;
 } ward_agent_stats_t;
 
 struct ward_agent {

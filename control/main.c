@@ -24,6 +24,7 @@
 
 typedef struct {
     uv_poll_t poll;
+    uv_timer_t retry; /* resumes accepting after running out of descriptors */
     int fd;
     int is_unix;
     ward_agent_t *agent;
@@ -398,13 +399,33 @@ fail:
     ward_free(c);
 }
 
+static void ward__on_accept(uv_poll_t *h, int status, int events);
+
+static void ward__resume_accept(uv_timer_t *t)
+{
+    ward_agent_listener_t *l = t->data;
+    if (!l->agent->stopping) uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
+}
+
 static void ward__on_accept(uv_poll_t *h, int status, int events)
 {
     ward_agent_listener_t *l = h->data;
     for (int i = 0; i < 64 && status == 0; i++) {
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
-        ward__accept_one(l, fd);
+        if (fd >= 0) {
+            ward__accept_one(l, fd);
+            continue;
+        }
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* Out of descriptors: the listener stays readable, so polling on would spin. Pause
+             * accepting for a moment; the connections wait in the backlog. */
+            l->agent->stats.accept_paused++;
+            ward_log_msg(WARD_LOG_WARN, "accept_paused", "accept: %s; retrying in 100 ms",
+                         strerror(errno));
+            uv_poll_stop(&l->poll);
+            uv_timer_start(&l->retry, ward__resume_accept, 100, 0);
+        }
+        return;
     }
 }
 
@@ -441,6 +462,8 @@ static int ward__listen_unix(ward_agent_t *a, const char *path, char *err, size_
     l->agent = a;
     uv_poll_init(a->loop, &l->poll, fd);
     l->poll.data = l;
+    uv_timer_init(a->loop, &l->retry);
+    l->retry.data = l;
     return uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
 }
 
@@ -464,6 +487,8 @@ static int ward__listen_tls(ward_agent_t *a, char *err, size_t errlen)
     l->agent = a;
     uv_poll_init(a->loop, &l->poll, fd);
     l->poll.data = l;
+    uv_timer_init(a->loop, &l->retry);
+    l->retry.data = l;
     return uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
 }
 
@@ -558,10 +583,9 @@ static void ward__on_tick(uv_timer_t *t)
     int ping = (++ward__ticks % WARD_AGENT_PING_EVERY) == 0;
     for (ward_agent_conn_t *c = a->conns, *next; c; c = next) {
         next = c->next;
-        if (c->sock.grpc == NULL) continue;
-        ward_grpc_conn_tick(c->sock.grpc, now);
+        if (c->sock.grpc == NULL || c->sock.closing) continue;
         if (ping) ward_grpc_conn_ping(c->sock.grpc);
-        ward_grpc_sock_flush(&c->sock);
+        ward_grpc_sock_tick(&c->sock, now);
     }
 }
 
@@ -572,6 +596,7 @@ static void ward__stop(ward_agent_t *a)
     ward_log_msg(WARD_LOG_INFO, "stopping", "closing %" PRIu64 " connections", a->nconns);
     for (int i = 0; i < ward__nlisteners; i++) {
         uv_close((uv_handle_t *)&ward__listeners[i].poll, NULL);
+        uv_close((uv_handle_t *)&ward__listeners[i].retry, NULL);
         close(ward__listeners[i].fd);
     }
     if (a->cfg.listen_unix) unlink(a->cfg.listen_unix);
@@ -647,12 +672,15 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *o)
         "# HELP ward_agent_nacks_total Resources a proxy refused.\n"
         "# TYPE ward_agent_nacks_total counter\n"
         "ward_agent_nacks_total %" PRIu64 "\n"
+        "# HELP ward_agent_accept_paused_total Times accepting paused for lack of descriptors.\n"
+        "# TYPE ward_agent_accept_paused_total counter\n"
+        "ward_agent_accept_paused_total %" PRIu64 "\n"
         "# HELP ward_agent_bundle_version Current trust bundle version.\n"
         "# TYPE ward_agent_bundle_version gauge\n"
         "ward_agent_bundle_version %" PRIu64 "\n",
         mesh, workload, a->nconns, s->attest_ok, s->attest_failed, s->svids_signed,
         s->workload_svids, s->csr_refused, s->policy_pushes, s->policy_reload_ok,
-        s->policy_reload_failed, a->policy_error[0] == '\0', s->nacks,
+        s->policy_reload_failed, a->policy_error[0] == '\0', s->nacks, s->accept_paused,
         ward_agent_bundle_version(a));
 }
 

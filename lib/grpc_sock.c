@@ -22,6 +22,13 @@ static void ward__gs_closed(uv_handle_t *h)
 void ward_grpc_sock_close(ward_grpc_sock_t *s, const char *reason)
 {
     if (s->closing) return;
+    if (s->in_engine > 0) {
+        /* Called from one of the engine's callbacks: freeing the engine now would pull it out
+         * from under itself. Stop reading; the close completes when the engine returns. */
+        if (!s->close_pending) s->close_reason = reason;
+        s->close_pending = 1;
+        return;
+    }
     s->closing = 1;
     s->close_reason = reason;
     ward_grpc_conn_free(s->grpc);
@@ -86,9 +93,22 @@ static int ward__gs_buffer(ward_grpc_sock_t *s, const uint8_t *p, size_t n)
     return 0;
 }
 
+void ward_grpc_sock_tick(ward_grpc_sock_t *s, uint64_t now_ms)
+{
+    if (s->closing || s->grpc == NULL) return;
+    s->in_engine++;
+    ward_grpc_conn_tick(s->grpc, now_ms);
+    s->in_engine--;
+    if (s->close_pending) {
+        ward_grpc_sock_close(s, s->close_reason);
+        return;
+    }
+    ward_grpc_sock_flush(s);
+}
+
 void ward_grpc_sock_flush(ward_grpc_sock_t *s)
 {
-    if (s->closing || s->handshaking) return;
+    if (s->closing || s->handshaking || s->close_pending) return;
     for (;;) {
         /* Old bytes first. */
         while (s->out_off < s->out_len) {
@@ -105,7 +125,13 @@ void ward_grpc_sock_flush(ward_grpc_sock_t *s)
         }
         s->out_off = s->out_len = 0;
         const uint8_t *data;
+        s->in_engine++;
         size_t n = ward_grpc_conn_send(s->grpc, &data);
+        s->in_engine--;
+        if (s->close_pending) {
+            ward_grpc_sock_close(s, s->close_reason);
+            return;
+        }
         if (n == 0) break;
         /* The engine's bytes are only valid until its next call: copy what the socket refuses. */
         size_t done = 0;
@@ -169,7 +195,14 @@ static void ward__gs_read(ward_grpc_sock_t *s)
             ward_grpc_sock_close(s, n == 0 ? "peer closed the connection" : "read failed");
             return;
         }
-        if (ward_grpc_conn_recv(s->grpc, buf, (size_t)n) < 0) {
+        s->in_engine++;
+        int rc = ward_grpc_conn_recv(s->grpc, buf, (size_t)n);
+        s->in_engine--;
+        if (s->close_pending) {
+            ward_grpc_sock_close(s, s->close_reason);
+            return;
+        }
+        if (rc < 0) {
             /* Protocol error: send the GOAWAY, then close. */
             ward_grpc_sock_flush(s);
             ward_grpc_sock_close(s, "HTTP/2 protocol error from peer");
@@ -206,6 +239,8 @@ int ward_grpc_sock_start(ward_grpc_sock_t *s, uv_loop_t *loop, int fd, SSL *ssl,
     s->grpc = grpc;
     s->handshaking = ssl != NULL;
     s->closing = 0;
+    s->in_engine = 0;
+    s->close_pending = 0;
     s->events = 0;
     if (s->handshaking) {
         ward__gs_handshake(s);

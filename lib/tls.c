@@ -1154,3 +1154,91 @@ out:
     ERR_clear_error();
     return rc;
 }
+
+/* --- inspection (wardctl) ------------------------------------------------------------------- */
+
+int ward_cert_inspect(const char *file, ward_cert_info_t *info, char *err, size_t errlen)
+{
+    uint8_t **der = NULL;
+    size_t *len = NULL;
+    memset(info, 0, sizeof(*info));
+    int n = ward_pem_read_certs(file, &der, &len);
+    if (n < 0) {
+        snprintf(err, errlen, "no readable PEM certificate (%s)", ward_strerror(n));
+        return WARD_ECERT;
+    }
+    const uint8_t *p = der[0];
+    X509 *leaf = d2i_X509(NULL, &p, (long)len[0]);
+    int rc = 0;
+    if (leaf == NULL) {
+        snprintf(err, errlen, "the first certificate does not parse");
+        rc = WARD_ECERT;
+        goto out;
+    }
+    info->chain_len = n;
+    info->not_before = ward_asn1_time_to_unix(X509_get0_notBefore(leaf));
+    info->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(leaf));
+    X509_NAME_oneline(X509_get_subject_name(leaf), info->subject, sizeof(info->subject));
+    X509_NAME_oneline(X509_get_issuer_name(leaf), info->issuer, sizeof(info->issuer));
+    GENERAL_NAMES *names = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+    for (size_t i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        if (gn->type != GEN_URI) continue;
+        int ul = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+        snprintf(info->spiffe_id, sizeof(info->spiffe_id), "%.*s", ul,
+                 (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier));
+        break;
+    }
+    GENERAL_NAMES_free(names);
+out:
+    X509_free(leaf);
+    ward__free_der(der, len, n);
+    ERR_clear_error();
+    return rc;
+}
+
+int ward_cert_check(const char *file, const char *bundle_file, const char *expected_id,
+                    ward_tls_reason_t *reason, const char **detail, char **peer_id, char *err,
+                    size_t errlen)
+{
+    uint8_t **cder = NULL, **bder = NULL;
+    size_t *clen = NULL, *blen = NULL;
+    ward_identity_t *trust = NULL;
+    ward_spiffe_id_t parsed;
+    char td[WARD_SPIFFE_TD_MAX + 1];
+    int rc = 0;
+    int nc = ward_pem_read_certs(file, &cder, &clen);
+    int nb = nc > 0 ? ward_pem_read_certs(bundle_file, &bder, &blen) : 0;
+    if (nc < 0 || nb < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate", nc < 0 ? file : bundle_file);
+        rc = WARD_ECERT;
+        goto out;
+    }
+    /* The trust domain to check against: the expected id's, else the certificate's own. */
+    ward_cert_info_t info;
+    const char *id = expected_id;
+    if (id == NULL) {
+        if (ward_cert_inspect(file, &info, err, errlen) < 0) {
+            rc = WARD_ECERT;
+            goto out;
+        }
+        id = info.spiffe_id;
+    }
+    if (ward_spiffe_id_parse(id, strlen(id), &parsed, NULL) < 0) {
+        *reason = WARD_REASON_BAD_CERTIFICATE;
+        *detail = "no valid SPIFFE id to check against";
+        goto out;
+    }
+    snprintf(td, sizeof(td), "%.*s", (int)parsed.td_len, parsed.td);
+    rc = ward_identity_trust_only((const uint8_t *const *)bder, blen, (size_t)nb, td, &trust, err,
+                                  errlen);
+    if (rc < 0) goto out;
+    *reason = ward_tls_verify_chain(trust, (const uint8_t *const *)cder, clen, (size_t)nc,
+                                    expected_id, 1, detail, peer_id);
+out:
+    ward_identity_unref(trust);
+    if (nc > 0) ward__free_der(cder, clen, nc);
+    if (nb > 0) ward__free_der(bder, blen, nb);
+    ERR_clear_error();
+    return rc;
+}

@@ -459,10 +459,7 @@ fail:
 static void ward__ac_on_tick(uv_timer_t *t)
 {
     ward_agent_client_t *ac = t->data;
-    if (ac->sock_open && ac->sock.grpc) {
-        ward_grpc_conn_tick(ac->sock.grpc, uv_now(ac->loop));
-        ward_grpc_sock_flush(&ac->sock);
-    }
+    if (ac->sock_open && ac->sock.grpc) ward_grpc_sock_tick(&ac->sock, uv_now(ac->loop));
 }
 
 int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward_config_t *cfg,

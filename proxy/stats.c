@@ -80,6 +80,12 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
                                  "ward_connections_refused_no_identity_total{direction=\"%s\"} "
                                  "%llu\n",
                                  ward_dir_name(d), (unsigned long long)SUM(refused_no_identity[d]));
+    rc |= ward_strbuf_printf(o,
+                             "# HELP ward_accept_paused_total Times accepting paused for lack of "
+                             "file descriptors.\n"
+                             "# TYPE ward_accept_paused_total counter\n"
+                             "ward_accept_paused_total %llu\n",
+                             (unsigned long long)SUM(accept_paused_fds));
     rc |= ward_strbuf_printf(
         o,
         "# HELP ward_cert_expiry_timestamp_seconds notAfter of the current leaf certificate.\n"

@@ -44,6 +44,7 @@ typedef struct {
     ward_counter_t upstream_connect_failures[WARD_DIR_COUNT];
     ward_counter_t timeouts[WARD_DIR_COUNT];
     ward_counter_t refused_no_identity[WARD_DIR_COUNT];
+    ward_counter_t accept_paused_fds;
 } ward_stats_t;
 
 /* Process-wide values owned by the main thread. */

@@ -104,6 +104,17 @@ static void ward__resume_accept(ward_worker_t *w)
     if (!w->accept_paused || w->draining || ward__at_cap(w)) return;
     w->accept_paused = 0;
     atomic_fetch_sub(&w->shared->paused_workers, 1);
+    if (w->fd_paused) return; /* the descriptor retry timer restarts polling */
+    for (size_t k = 0; k < w->nlisteners; k++)
+        if (w->listeners[k].active)
+            uv_poll_start(&w->listeners[k].poll, UV_READABLE, ward__on_accept);
+}
+
+static void ward__fd_retry(uv_timer_t *t)
+{
+    ward_worker_t *w = t->data;
+    w->fd_paused = 0;
+    if (w->accept_paused || w->draining) return;
     for (size_t k = 0; k < w->nlisteners; k++)
         if (w->listeners[k].active)
             uv_poll_start(&w->listeners[k].poll, UV_READABLE, ward__on_accept);
@@ -123,9 +134,20 @@ static void ward__on_accept(uv_poll_t *h, int status, int events)
         int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR) continue;
-            if (errno != EAGAIN && errno != ECONNABORTED)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                /* The listener stays readable: polling on would spin. Pause accepting on this
+                 * worker for 100 ms; connections wait in the kernel backlog meanwhile. */
+                ward_log_msg(WARD_LOG_WARN, "accept_paused", "accept on %s: %s; retrying in 100 ms",
+                             l->map->spec, strerror(errno));
+                ward_counter_add(&w->stats.accept_paused_fds, 1);
+                for (size_t k = 0; k < w->nlisteners; k++)
+                    if (w->listeners[k].active) uv_poll_stop(&w->listeners[k].poll);
+                w->fd_paused = 1;
+                uv_timer_start(&w->fd_retry, ward__fd_retry, 100, 0);
+            } else if (errno != EAGAIN && errno != ECONNABORTED) {
                 ward_log_msg(WARD_LOG_WARN, "accept_failed", "accept on %s: %s", l->map->spec,
                              strerror(errno));
+            }
             return;
         }
         ward_conn_accept(w, l->map, (size_t)(l - w->listeners), fd);
@@ -191,6 +213,7 @@ static void ward__on_cmd(uv_async_t *a)
     }
     if (cmd & WARD_CMD_STOP) {
         ward__close_listeners(w);
+        uv_close((uv_handle_t *)&w->fd_retry, NULL);
         uv_close((uv_handle_t *)&w->async, NULL);
         return;
     }
@@ -208,6 +231,8 @@ int ward_worker_start(ward_worker_t *w)
     int rc = uv_async_init(&w->loop, &w->async, ward__on_cmd);
     if (rc < 0) return rc;
     w->async.data = w;
+    uv_timer_init(&w->loop, &w->fd_retry);
+    w->fd_retry.data = w;
     for (size_t i = 0; i < w->nlisteners; i++) {
         ward_listener_t *l = &w->listeners[i];
         rc = uv_poll_init(&w->loop, &l->poll, l->fd);

@@ -71,6 +71,8 @@ struct ward_worker {
     ward_conn_t *conns; /* doubly-linked list of open connections */
     uint64_t nconns;
     int accept_paused;
+    int fd_paused;       /* accepting paused after running out of descriptors */
+    uv_timer_t fd_retry; /* resumes it */
     int draining;
     atomic_int drained;
 };

@@ -27,6 +27,8 @@ struct ward_grpc_sock {
     size_t out_off, out_len, out_cap;
     int handshaking;
     int closing;
+    int in_engine;     /* > 0 while the engine is running our callbacks */
+    int close_pending; /* close requested from inside a callback: done when the engine returns */
     int events;
     const char *close_reason;
     /* Called once the TLS handshake is done (immediately for plain sockets); may be NULL. Return
@@ -43,8 +45,12 @@ int ward_grpc_sock_start(ward_grpc_sock_t *s, uv_loop_t *loop, int fd, SSL *ssl,
                          ward_grpc_conn_t *grpc);
 /* Moves whatever the engine has queued to the socket (call after sending on a call). */
 void ward_grpc_sock_flush(ward_grpc_sock_t *s);
-/* Closes now (pending output is dropped). reason: a static string for the log. */
+/* Closes (pending output is dropped). reason: a static string for the log. Safe to call from
+ * inside the engine's callbacks: the engine is then freed once it has returned. */
 void ward_grpc_sock_close(ward_grpc_sock_t *s, const char *reason);
+/* Ends expired calls (ward_grpc_conn_tick) and flushes; use instead of calling the engine
+ * directly, so a close from a callback is deferred safely. */
+void ward_grpc_sock_tick(ward_grpc_sock_t *s, uint64_t now_ms);
 /* Bytes waiting to be written (backpressure for producers). */
 size_t ward_grpc_sock_pending(const ward_grpc_sock_t *s);
 

@@ -164,4 +164,23 @@ void ward_tls_session_free(SSL_SESSION *sess);
  * (ward_free). Returns 0, WARD_ESPIFFE for an invalid id, or WARD_ENOMEM. */
 int ward_csr_new(const char *spiffe_id, EVP_PKEY **key, uint8_t **csr_der, size_t *csr_len);
 
+/* --- inspection (wardctl) --- */
+typedef struct {
+    char spiffe_id[2049]; /* first URI SAN, or "" */
+    char subject[256];
+    char issuer[256];
+    int64_t not_before;
+    int64_t not_after;
+    int chain_len;
+} ward_cert_info_t;
+
+/* Reads the leaf of a PEM file. Returns 0 or WARD_ECERT with err set. */
+int ward_cert_inspect(const char *file, ward_cert_info_t *info, char *err, size_t errlen);
+/* Classifies the chain in file exactly as a ward peer trusting bundle_file (and expecting
+ * expected_id, if non-NULL) would. Returns 0 with *reason set, or a negative error with err set
+ * when the files cannot be read. *peer_id (heap) gets the certificate's id when there is one. */
+int ward_cert_check(const char *file, const char *bundle_file, const char *expected_id,
+                    ward_tls_reason_t *reason, const char **detail, char **peer_id, char *err,
+                    size_t errlen);
+
 #endif
