@@ -614,12 +614,34 @@ static void ward__stop(ward_agent_t *a)
     ward_admin_stop(&ward__admin);
 }
 
+/* Re-reads --workloads. Streams already attested keep their identity (sessions hold their own
+ * copy); new streams use the new map. A bad file is reported and the old map stays. */
+static void ward__reload_workloads(ward_agent_t *a)
+{
+    char err[512];
+    ward_workloads_t *next = NULL;
+    if (a->cfg.workloads_file == NULL) return;
+    if (ward_workloads_load(a->cfg.workloads_file, a->cfg.trust_domain, &next, err, sizeof(err)) <
+        0) {
+        ward_log_msg(WARD_LOG_ERROR, "workloads_rejected", "%s: %s; keeping the previous map",
+                     a->cfg.workloads_file, err);
+        return;
+    }
+    /* Connections point into the old map (peer_identity): re-resolve them before freeing it. */
+    for (ward_agent_conn_t *c = a->conns; c; c = c->next)
+        if (c->is_unix) c->peer_identity = ward_workloads_lookup(next, c->cred.uid, c->cred.gid);
+    ward_workloads_free(a->workloads);
+    a->workloads = next;
+    ward_log_msg(WARD_LOG_INFO, "workloads_loaded", "%s reloaded", a->cfg.workloads_file);
+}
+
 static void ward__on_signal(uv_signal_t *sig, int signum)
 {
     ward_agent_t *a = sig->data;
     if (signum == SIGUSR1) {
         ward__start_rotation(a);
     } else if (signum == SIGHUP) {
+        ward__reload_workloads(a);
         ward__policy_fp = 0;
         a->policy_error[0] = '\0';
         ward__reload_policies(a, 0);

@@ -1205,6 +1205,11 @@ void ward_grpc_conn_goaway(ward_grpc_conn_t *conn, int graceful)
     conn->flags |= WARD_GRPC_CONN_GOAWAY_SENT;
 }
 
+void ward_grpc_conn_set_now(ward_grpc_conn_t *conn, uint64_t now_ms)
+{
+    conn->now_ms = now_ms;
+}
+
 void ward_grpc_conn_tick(ward_grpc_conn_t *conn, uint64_t now_ms)
 {
     if (conn == NULL || (conn->flags & WARD_GRPC_CONN_FREEING)) return;

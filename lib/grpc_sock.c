@@ -196,6 +196,7 @@ static void ward__gs_read(ward_grpc_sock_t *s)
             return;
         }
         s->in_engine++;
+        ward_grpc_conn_set_now(s->grpc, uv_now(s->poll.loop));
         int rc = ward_grpc_conn_recv(s->grpc, buf, (size_t)n);
         s->in_engine--;
         if (s->close_pending) {

@@ -98,6 +98,9 @@ int ward_grpc_conn_finished(const ward_grpc_conn_t *conn);
 int ward_grpc_conn_ping(ward_grpc_conn_t *conn);
 /* Queues GOAWAY (graceful: calls in flight finish). */
 void ward_grpc_conn_goaway(ward_grpc_conn_t *conn, int graceful);
+/* Tells the engine the current time (same clock as tick): request deadlines (grpc-timeout) are
+ * measured from it. The socket owner calls it before feeding received bytes. */
+void ward_grpc_conn_set_now(ward_grpc_conn_t *conn, uint64_t now_ms);
 /* Ends calls whose deadline has passed (now_ms is any monotonic clock in ms, the same one as
  * ward_grpc_call_start's timeout is measured against). */
 void ward_grpc_conn_tick(ward_grpc_conn_t *conn, uint64_t now_ms);
