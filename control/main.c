@@ -73,28 +73,58 @@ static int ward__dup(char **dst, const char *v)
     return *dst ? 0 : WARD_ENOMEM;
 }
 
+/* Options that just store their value as a string: one table instead of a case each. */
+enum {
+    O_TD = 256,
+    O_STATE,
+    O_CACERT,
+    O_CAKEY,
+    O_LISTEN,
+    O_LISTEN_TLS,
+    O_WORKLOADS,
+    O_JWKS,
+    O_ISS,
+    O_AUD,
+    O_POLICY,
+    O_DEFAULT,
+    O_TTL,
+    O_WTTL,
+    O_ADMIN,
+    O_LOG,
+    O_HELP,
+    O_VERSION
+};
+
+static char **ward__string_option(ward_agent_config_t *c, int opt)
+{
+    switch (opt) {
+    case O_TD:
+        return &c->trust_domain;
+    case O_STATE:
+        return &c->state_dir;
+    case O_CACERT:
+        return &c->ca_cert;
+    case O_CAKEY:
+        return &c->ca_key;
+    case O_LISTEN:
+        return &c->listen_unix;
+    case O_WORKLOADS:
+        return &c->workloads_file;
+    case O_JWKS:
+        return &c->jwks_file;
+    case O_ISS:
+        return &c->token_issuer;
+    case O_AUD:
+        return &c->token_audience;
+    case O_POLICY:
+        return &c->policy_dir;
+    default:
+        return NULL;
+    }
+}
+
 static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err, size_t errlen)
 {
-    enum {
-        O_TD = 256,
-        O_STATE,
-        O_CACERT,
-        O_CAKEY,
-        O_LISTEN,
-        O_LISTEN_TLS,
-        O_WORKLOADS,
-        O_JWKS,
-        O_ISS,
-        O_AUD,
-        O_POLICY,
-        O_DEFAULT,
-        O_TTL,
-        O_WTTL,
-        O_ADMIN,
-        O_LOG,
-        O_HELP,
-        O_VERSION
-    };
     static const struct option opts[] = {{"trust-domain", required_argument, NULL, O_TD},
                                          {"state-dir", required_argument, NULL, O_STATE},
                                          {"ca-cert", required_argument, NULL, O_CACERT},
@@ -131,37 +161,12 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+        char **str = ward__string_option(c, ch);
+        if (str != NULL) {
+            if (ward__dup(str, optarg) < 0) return WARD_ENOMEM;
+            continue;
+        }
         switch (ch) {
-        case O_TD:
-            rc = ward__dup(&c->trust_domain, optarg);
-            break;
-        case O_STATE:
-            rc = ward__dup(&c->state_dir, optarg);
-            break;
-        case O_CACERT:
-            rc = ward__dup(&c->ca_cert, optarg);
-            break;
-        case O_CAKEY:
-            rc = ward__dup(&c->ca_key, optarg);
-            break;
-        case O_LISTEN:
-            rc = ward__dup(&c->listen_unix, optarg);
-            break;
-        case O_WORKLOADS:
-            rc = ward__dup(&c->workloads_file, optarg);
-            break;
-        case O_JWKS:
-            rc = ward__dup(&c->jwks_file, optarg);
-            break;
-        case O_ISS:
-            rc = ward__dup(&c->token_issuer, optarg);
-            break;
-        case O_AUD:
-            rc = ward__dup(&c->token_audience, optarg);
-            break;
-        case O_POLICY:
-            rc = ward__dup(&c->policy_dir, optarg);
-            break;
         case O_LISTEN_TLS:
             if (ward_addr_parse(optarg, strlen(optarg), 1, &c->listen_tls, &why) < 0) {
                 snprintf(err, errlen, "--listen-tls '%s': %s", optarg, why);
