@@ -18,6 +18,7 @@
 #include "ward/alloc.h"
 #include "ward/err.h"
 #include "ward/spiffe.h"
+#include "ward/sys.h"
 
 #define WARD_AGENT_TICK_MS    1000
 #define WARD_AGENT_PING_EVERY 30 /* ticks */
@@ -732,6 +733,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ward_log_set_level(a->cfg.log_level);
+    uint64_t nofile = ward_sys_raise_nofile();
     a->loop = uv_default_loop();
     ward_pool_init(&a->pool, 16);
     ward_policy_set_init(&a->policies);
@@ -800,6 +802,7 @@ int main(int argc, char **argv)
         ward_log_str(&l, "trust_domain", a->cfg.trust_domain);
         ward_log_str(&l, "listen", a->cfg.listen_unix);
         ward_log_u64(&l, "svid_ttl_s", a->cfg.svid_ttl_s);
+        ward_log_u64(&l, "max_open_files", nofile);
         ward_log_str(&l, "attestation",
                      a->jwks ? (a->workloads ? "peercred+token" : "token")
                              : (a->workloads ? "peercred" : "none"));

@@ -14,6 +14,7 @@
 #include "ward/alloc.h"
 #include "ward/err.h"
 #include "ward/log.h"
+#include "ward/sys.h"
 
 typedef struct {
     uv_loop_t *loop;
@@ -32,6 +33,7 @@ typedef struct {
     uv_timer_t drain_timer;
     int draining;
     int stopped;
+    uint64_t nofile; /* open-file limit after raising it */
 } ward_proxy_t;
 
 static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
@@ -133,6 +135,7 @@ static void ward__log_startup(ward_proxy_t *p)
             ward_log_str(&l, "msg", "waiting for an identity from the agent; not ready until then");
         }
         ward_log_u64(&l, "workers", p->nworkers);
+        ward_log_u64(&l, "max_open_files", p->nofile);
         if (p->cfg.admin_enabled)
             ward_log_str(&l, "admin",
                          ward_addr_format((struct sockaddr *)&p->cfg.admin.ss, a, sizeof(a)));
@@ -159,6 +162,7 @@ int main(int argc, char **argv)
         return 2;
     }
     ward_log_set_level(p.cfg.log_level);
+    p.nofile = ward_sys_raise_nofile();
 
     p.agent_mode = p.cfg.agent != NULL;
     if (p.agent_mode) {
