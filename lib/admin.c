@@ -12,10 +12,19 @@
 
 #define WARD_ADMIN_MAX_REQUEST 8192
 #define WARD_ADMIN_MAX_PATH    256
+#define WARD_ADMIN_REQUEST_MS  5000 /* a request must arrive complete within this */
+#define WARD_ADMIN_LINGER_MS   1000 /* after the response: drain the client's leftovers, then close \
+                                     */
+#define WARD_ADMIN_LINGER_MAX 65536
 
 typedef struct {
     uv_tcp_t tcp;
+    uv_timer_t timer;
     uv_write_t wr;
+    uv_shutdown_t shut;
+    int handles; /* open libuv handles: freed when the last one closes */
+    int closing;
+    size_t drained;
     ward_admin_t *admin;
     llhttp_t parser;
     llhttp_settings_t settings;
@@ -31,14 +40,47 @@ typedef struct {
 static void ward__admin_closed(uv_handle_t *h)
 {
     ward_admin_conn_t *ac = h->data;
+    if (--ac->handles > 0) return;
     ward_free(ac->resp);
     ward_free(ac);
+}
+
+static void ward__admin_close(ward_admin_conn_t *ac)
+{
+    if (ac->closing) return;
+    ac->closing = 1;
+    uv_close((uv_handle_t *)&ac->tcp, ward__admin_closed);
+    uv_close((uv_handle_t *)&ac->timer, ward__admin_closed);
+}
+
+static void ward__admin_timeout(uv_timer_t *t)
+{
+    ward__admin_close(t->data);
+}
+
+static void ward__admin_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void ward__admin_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+/* Response sent and our side shut: read what the client still sends (so closing does not turn
+ * into a reset that could destroy the response before it is read), for a moment, then close. */
+static void ward__admin_shut(uv_shutdown_t *req, int status)
+{
+    ward_admin_conn_t *ac = req->data;
+    if (status < 0 || ac->closing) {
+        ward__admin_close(ac);
+        return;
+    }
+    uv_timer_start(&ac->timer, ward__admin_timeout, WARD_ADMIN_LINGER_MS, 0);
+    uv_read_start((uv_stream_t *)&ac->tcp, ward__admin_alloc, ward__admin_read);
 }
 
 static void ward__admin_written(uv_write_t *req, int status)
 {
     ward_admin_conn_t *ac = req->data;
-    uv_close((uv_handle_t *)&ac->tcp, ward__admin_closed);
+    ac->shut.data = ac;
+    if (status < 0 || ac->closing ||
+        uv_shutdown(&ac->shut, (uv_stream_t *)&ac->tcp, ward__admin_shut) < 0)
+        ward__admin_close(ac);
 }
 
 static void ward__admin_respond(ward_admin_conn_t *ac, int status, const char *ctype,
@@ -60,7 +102,7 @@ static void ward__admin_respond(ward_admin_conn_t *ac, int status, const char *c
     uv_read_stop((uv_stream_t *)&ac->tcp);
     ac->resp = ward_malloc(total);
     if (ac->resp == NULL) {
-        uv_close((uv_handle_t *)&ac->tcp, ward__admin_closed);
+        ward__admin_close(ac);
         return;
     }
     memcpy(ac->resp, hdr, (size_t)hl);
@@ -68,7 +110,7 @@ static void ward__admin_respond(ward_admin_conn_t *ac, int status, const char *c
     uv_buf_t b = uv_buf_init(ac->resp, (unsigned)total);
     ac->wr.data = ac;
     if (uv_write(&ac->wr, (uv_stream_t *)&ac->tcp, &b, 1, ward__admin_written) < 0)
-        uv_close((uv_handle_t *)&ac->tcp, ward__admin_closed);
+        ward__admin_close(ac);
 }
 
 static void ward__admin_route(ward_admin_conn_t *ac)
@@ -101,8 +143,18 @@ static void ward__admin_route(ward_admin_conn_t *ac)
         }
         ward_strbuf_free(&out);
     } else {
-        static const char msg[] = "not found: try /metrics, /ready, /live\n";
-        ward__admin_respond(ac, 404, "text/plain", msg, sizeof(msg) - 1, head);
+        /* The owner's JSON pages (e.g. /identity), if any. */
+        ward_strbuf_t out = {0};
+        int rc = a->render_page ? a->render_page(a->ctx, ac->path, &out) : 1;
+        if (rc == 0) {
+            ward__admin_respond(ac, 200, "application/json", out.data, out.len, head);
+        } else if (rc < 0) {
+            ward__admin_respond(ac, 500, "text/plain", "render failed\n", 14, head);
+        } else {
+            static const char msg[] = "not found: try /metrics, /ready, /live\n";
+            ward__admin_respond(ac, 404, "text/plain", msg, sizeof(msg) - 1, head);
+        }
+        ward_strbuf_free(&out);
     }
 }
 
@@ -132,10 +184,15 @@ static void ward__admin_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     ward_admin_conn_t *ac = s->data;
     if (nread < 0) {
-        uv_close((uv_handle_t *)s, ward__admin_closed);
+        ward__admin_close(ac);
         return;
     }
-    if (nread == 0 || ac->responded) return;
+    if (ac->responded) {
+        ac->drained += (size_t)nread;
+        if (ac->drained > WARD_ADMIN_LINGER_MAX) ward__admin_close(ac);
+        return;
+    }
+    if (nread == 0) return;
     ac->total += (size_t)nread;
     llhttp_errno_t e = llhttp_execute(&ac->parser, buf->base, (size_t)nread);
     if (ac->complete) {
@@ -154,11 +211,14 @@ static void ward__admin_accept(uv_stream_t *server, int status)
     if (ac == NULL) return;
     ac->admin = a;
     uv_tcp_init(server->loop, &ac->tcp);
-    ac->tcp.data = ac;
+    uv_timer_init(server->loop, &ac->timer);
+    ac->tcp.data = ac->timer.data = ac;
+    ac->handles = 2;
     if (uv_accept(server, (uv_stream_t *)&ac->tcp) < 0) {
-        uv_close((uv_handle_t *)&ac->tcp, ward__admin_closed);
+        ward__admin_close(ac);
         return;
     }
+    uv_timer_start(&ac->timer, ward__admin_timeout, WARD_ADMIN_REQUEST_MS, 0);
     llhttp_settings_init(&ac->settings);
     ac->settings.on_url = ward__admin_on_url;
     ac->settings.on_message_complete = ward__admin_on_complete;

@@ -7,6 +7,7 @@
 
 #include "ward/alloc.h"
 #include "ward/err.h"
+#include "ward/log.h"
 
 int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
 {
@@ -35,4 +36,17 @@ void ward_strbuf_free(ward_strbuf_t *b)
 {
     ward_free(b->data);
     memset(b, 0, sizeof(*b));
+}
+
+int ward_strbuf_json_str(ward_strbuf_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    /* Worst case every byte becomes \u00XX: reserve for that, plus the quotes. */
+    if (ward_strbuf_printf(b, "%*s", (int)(n * 6 + 2), "") < 0) return WARD_ENOMEM;
+    b->len -= n * 6 + 2;
+    b->data[b->len++] = '"';
+    ward_json_escape(b->data, b->cap, &b->len, s, n);
+    b->data[b->len++] = '"';
+    b->data[b->len] = '\0';
+    return 0;
 }

@@ -40,6 +40,7 @@ struct ward_identity {
     size_t td_len; /* spiffe_id + 9 .. + td_len is the trust domain */
     int64_t not_before;
     int64_t not_after;
+    size_t nroots; /* certificates in the trust bundle */
 };
 
 static pthread_once_t ward__tls_once = PTHREAD_ONCE_INIT;
@@ -599,6 +600,7 @@ int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, 
         }
     }
 
+    id->nroots = nroots;
     ward_tls_reason_t shape = ward__svid_shape(leaf, &id->spiffe_id, &why);
     if (shape != WARD_REASON_NONE) {
         snprintf(err, errlen, "not a valid X509-SVID: %s", why);
@@ -826,6 +828,11 @@ int64_t ward_identity_not_after(const ward_identity_t *id)
 int64_t ward_identity_not_before(const ward_identity_t *id)
 {
     return id->not_before;
+}
+
+size_t ward_identity_bundle_size(const ward_identity_t *id)
+{
+    return id->nroots;
 }
 
 uint64_t ward_identity_generation(const ward_identity_t *id)

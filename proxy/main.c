@@ -36,6 +36,8 @@ typedef struct {
     uint64_t nofile; /* open-file limit after raising it */
 } ward_proxy_t;
 
+static int ward__is_ready(void *ctx);
+
 static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
 {
     ward_proxy_t *p = ctx;
@@ -48,6 +50,60 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
     ward_identity_unref(id);
     if (rc == 0 && p->agent_mode) rc = ward_agent_client_metrics(&p->agent, out);
     return rc;
+}
+
+/* GET /identity: what this proxy presents and trusts now. Never any key material. */
+static int ward__render_identity(ward_proxy_t *p, ward_strbuf_t *o)
+{
+    int rc = 0;
+    ward_identity_t *id = ward_identity_store_get(&p->store);
+    int64_t now = (int64_t)time(NULL);
+    rc |=
+        ward_strbuf_printf(o, "{\"source\":\"%s\",\"ready\":%s", p->agent_mode ? "agent" : "files",
+                           ward__is_ready(p) ? "true" : "false");
+    if (id != NULL) {
+        rc |= ward_strbuf_printf(o, ",\"spiffe_id\":");
+        rc |= ward_strbuf_json_str(o, ward_identity_spiffe_id(id));
+        rc |= ward_strbuf_printf(
+            o,
+            ",\"not_before\":%lld,\"not_after\":%lld,"
+            "\"expires_in_seconds\":%lld,\"bundle_roots\":%zu,"
+            "\"snapshot_generation\":%llu",
+            (long long)ward_identity_not_before(id), (long long)ward_identity_not_after(id),
+            (long long)(ward_identity_not_after(id) - now), ward_identity_bundle_size(id),
+            (unsigned long long)ward_identity_generation(id));
+    } else {
+        rc |= ward_strbuf_printf(o, ",\"spiffe_id\":null");
+    }
+    if (p->agent_mode) {
+        const ward_agent_client_t *ac = &p->agent;
+        rc |= ward_strbuf_printf(o, ",\"agent\":{\"address\":");
+        rc |= ward_strbuf_json_str(o, p->cfg.agent);
+        rc |= ward_strbuf_printf(
+            o,
+            ",\"connected\":%s,\"svid_version\":%llu,\"bundle_version\":%llu,"
+            "\"policy_version\":%llu,\"last_update\":%lld}",
+            ac->connected ? "true" : "false", (unsigned long long)ac->svid_version,
+            (unsigned long long)ac->bundle_version, (unsigned long long)ac->policy_version,
+            (long long)ac->last_update);
+    } else {
+        rc |= ward_strbuf_printf(o, ",\"files\":{\"cert\":");
+        rc |= ward_strbuf_json_str(o, p->cfg.cert_file);
+        rc |= ward_strbuf_printf(o, ",\"key\":");
+        rc |= ward_strbuf_json_str(o, p->cfg.key_file);
+        rc |= ward_strbuf_printf(o, ",\"ca\":");
+        rc |= ward_strbuf_json_str(o, p->cfg.ca_file);
+        rc |= ward_strbuf_printf(o, "}");
+    }
+    rc |= ward_strbuf_printf(o, "}\n");
+    ward_identity_unref(id);
+    return rc ? WARD_ENOMEM : 0;
+}
+
+static int ward__render_page(void *ctx, const char *path, ward_strbuf_t *out)
+{
+    if (strcmp(path, "/identity") == 0) return ward__render_identity(ctx, out);
+    return 1;
 }
 
 static int ward__is_ready(void *ctx)
@@ -216,6 +272,7 @@ int main(int argc, char **argv)
     if (p.cfg.admin_enabled) {
         p.admin.render_metrics = ward__render_metrics;
         p.admin.is_ready = ward__is_ready;
+        p.admin.render_page = ward__render_page;
         p.admin.ctx = &p;
         if (ward_admin_start(&p.admin, p.loop, &p.cfg.admin, err, sizeof(err)) < 0) {
             fprintf(stderr, "ward-proxy: %s\n", err);

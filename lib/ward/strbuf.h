@@ -14,5 +14,7 @@ typedef struct {
 int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void ward_strbuf_free(ward_strbuf_t *b);
+/* Appends s as a JSON string literal (quoted, escaped). Returns 0 or WARD_ENOMEM. */
+int ward_strbuf_json_str(ward_strbuf_t *b, const char *s);
 
 #endif

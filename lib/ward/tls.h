@@ -72,6 +72,8 @@ int64_t ward_identity_not_after(const ward_identity_t *id);
 int64_t ward_identity_not_before(const ward_identity_t *id);
 /* Increments for every snapshot loaded in this process: cheap identity comparison. */
 uint64_t ward_identity_generation(const ward_identity_t *id);
+/* Number of root certificates in the snapshot's trust bundle. */
+size_t ward_identity_bundle_size(const ward_identity_t *id);
 
 /* Per-connection verification state, attached to an SSL with ward_tls_peer_attach(). */
 typedef struct ward_tls_peer {

@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""The admin endpoint: /identity says what the proxy presents and trusts (never key material),
+unknown paths are 404, only GET/HEAD are served, malformed requests get 400."""
+import json
+import os
+import socket
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness as h  # noqa: E402
+
+r = h.Results()
+C = h.certs_dir()
+
+
+def start_proxy(ca="ca.pem"):
+    app = h.free_port()
+    return h.Proxy(["--cert", os.path.join(C, "server.pem"), "--key",
+                    os.path.join(C, "server-key.pem"), "--ca", os.path.join(C, ca),
+                    "--inbound", "127.0.0.1:%d=127.0.0.1:%d" % (h.free_port(), app),
+                    "--workers", "1"]).start()
+
+
+def raw(port, data, timeout=5.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return out
+            out += d
+
+
+def identity_page():
+    p = start_proxy("bundle.pem")
+    st, body = p.get("/identity")
+    assert st == 200, st
+    doc = json.loads(body)
+    assert doc["source"] == "files" and doc["ready"] is True, doc
+    assert doc["spiffe_id"] == "spiffe://test.local/ns/default/sa/backend", doc
+    assert doc["not_after"] == int(h.cert_not_after(os.path.join(C, "server.pem"))), doc
+    assert 0 < doc["expires_in_seconds"] <= doc["not_after"] - int(time.time()) + 1, doc
+    assert doc["bundle_roots"] == 2, doc
+    text = body.decode() if isinstance(body, bytes) else body
+    assert "PRIVATE" not in text and "BEGIN" not in text, "key or PEM material leaked"
+    assert doc["files"]["key"].endswith("server-key.pem"), doc
+
+
+def methods_and_errors():
+    p = start_proxy()
+    port = p.admin_port
+    assert raw(port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 404"), "404"
+    assert raw(port, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n") \
+        .startswith(b"HTTP/1.1 405"), "405"
+    head = raw(port, b"HEAD /identity HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n"), head[:200]
+    assert raw(port, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400"), "400"
+    long_path = b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n"
+    assert raw(port, long_path).startswith(b"HTTP/1.1 400"), "long path"
+    # The endpoint still answers after the bad requests.
+    assert p.get("/live")[0] == 200
+
+
+def slow_client_is_cut():
+    p = start_proxy()
+    s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=10)
+    s.sendall(b"GET /metr")  # and then nothing: a slowloris on the admin port
+    t0 = time.monotonic()
+    assert p.get("/live")[0] == 200, "admin blocked by a slow client"
+    s.settimeout(h.T(10))
+    data = s.recv(100)
+    took = time.monotonic() - t0
+    assert data == b"" and took < h.T(9), (data, took)
+    s.close()
+
+
+r.run("identity_page", identity_page)
+r.run("slow_client_is_cut", slow_client_is_cut)
+r.run("methods_and_errors", methods_and_errors)
+r.finish()
