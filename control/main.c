@@ -159,7 +159,7 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
     if (ward__dup(&c->listen_unix, "/run/ward/agent.sock") < 0 ||
         ward__dup(&c->token_audience, "ward") < 0)
         return WARD_ENOMEM;
-    optind = 1;
+    optind = 0; /* 0, not 1: also resets glibc's position inside a group of short options */
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
         char **str = ward__string_option(c, ch);

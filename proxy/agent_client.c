@@ -281,7 +281,15 @@ static void ward__ac_on_message(ward_grpc_call_t *call, const uint8_t *msg, size
         uint8_t *buf = ward_malloc(n ? n : 1);
         if (buf) {
             protobuf_c_message_pack(&m->policy->base, buf);
-            ward__ac_on_policy(ac, buf, n, m->policy);
+            /* Keep only what decodes again (libprotobuf-c accepts some malformed fields that it
+             * then re-encodes into something it refuses). */
+            Ward__V1__PolicySnapshot *check = ward__v1__policy_snapshot__unpack(&ward__pb, n, buf);
+            if (check == NULL)
+                ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY, m->policy->version,
+                             "policy snapshot does not decode after re-encoding");
+            else
+                ward__ac_on_policy(ac, buf, n, m->policy);
+            if (check) ward__v1__policy_snapshot__free_unpacked(check, &ward__pb);
             ward_free(buf);
         }
         break;

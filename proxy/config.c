@@ -342,7 +342,7 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         }
     }
 
-    optind = 1;
+    optind = 0; /* 0, not 1: also resets glibc's position inside a group of short options */
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
@@ -366,7 +366,10 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
             snprintf(err, errlen, "%s needs a value (see --help)", argv[optind - 1]);
             return WARD_EINVAL;
         case '?':
-            snprintf(err, errlen, "unknown option '%s' (see --help)", argv[optind - 1]);
+            if (optopt != 0)
+                snprintf(err, errlen, "unknown option '-%c' (see --help)", optopt);
+            else
+                snprintf(err, errlen, "unknown option '%s' (see --help)", argv[optind - 1]);
             return WARD_EINVAL;
         default: {
             const char *flag = "option";

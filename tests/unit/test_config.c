@@ -104,6 +104,16 @@ static void test_errors(void)
     expect_error(ARGV("--log-level", "loud"), "--log-level");
     expect_error(ARGV("--nope"), "unknown option");
     expect_error(ARGV("--cert"), "needs a value");
+    /* A parse that stopped inside a group of short options must not leak into the next one. */
+    expect_error(ARGV("-ab"), "unknown option '-a'");
+    ward_config_t cfg;
+    char err[512];
+    CU_ASSERT_EQUAL(parse(&cfg,
+                          ARGV("--cert", "c", "--key", "k", "--ca", "a", "--inbound",
+                               "127.0.0.1:1=127.0.0.1:2"),
+                          err),
+                    0);
+    ward_config_free(&cfg);
 }
 
 static void test_mapping_v6(void)
