@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <netdb.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -407,12 +408,44 @@ static void ward__ac_on_closed(ward_grpc_sock_t *s, const char *reason)
     ward__ac_schedule_reconnect(ac);
 }
 
+/* Opens the TCP connection to addr; the TLS handshake follows in grpc_sock. */
+static int ward__ac_dial(ward_agent_client_t *ac, const struct sockaddr *addr, socklen_t len)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || (connect(fd, addr, len) != 0 && errno != EINPROGRESS)) {
+        ward_log_msg(WARD_LOG_WARN, "agent_unreachable", "%s: %s", ac->cfg->agent, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void ward__ac_start(ward_agent_client_t *ac, int fd);
+
+static void ward__ac_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    ward_agent_client_t *ac = req->data;
+    ac->resolving = 0;
+    int fd = -1;
+    if (status < 0 || res == NULL) {
+        ward_log_msg(WARD_LOG_WARN, "agent_unresolved", "%s: %s", ac->cfg->agent,
+                     uv_strerror(status));
+    } else if (!ac->stopping) {
+        fd = ward__ac_dial(ac, res->ai_addr, res->ai_addrlen);
+    }
+    uv_freeaddrinfo(res);
+    if (ac->stopping) return;
+    if (fd < 0)
+        ward__ac_schedule_reconnect(ac);
+    else
+        ward__ac_start(ac, fd);
+}
+
 static void ward__ac_connect(ward_agent_client_t *ac)
 {
     const ward_config_t *cfg = ac->cfg;
     int fd;
-    SSL *ssl = NULL;
-    if (ac->stopping || ac->sock_open) return;
+    if (ac->stopping || ac->sock_open || ac->resolving) return;
     if (cfg->agent_is_unix) {
         struct sockaddr_un sun;
         memset(&sun, 0, sizeof(sun));
@@ -425,17 +458,34 @@ static void ward__ac_connect(ward_agent_client_t *ac)
             ward__ac_schedule_reconnect(ac);
             return;
         }
+    } else if (cfg->agent_host != NULL) {
+        /* A name (a Kubernetes Service): resolved again at every connect, asynchronously. */
+        struct addrinfo hints;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_socktype = SOCK_STREAM;
+        ac->resolve.data = ac;
+        if (uv_getaddrinfo(ac->loop, &ac->resolve, ward__ac_resolved, cfg->agent_host,
+                           cfg->agent_port, &hints) < 0) {
+            ward__ac_schedule_reconnect(ac);
+            return;
+        }
+        ac->resolving = 1;
+        return;
     } else {
-        fd = socket(cfg->agent_addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0 ||
-            (connect(fd, (const struct sockaddr *)&cfg->agent_addr.ss, cfg->agent_addr.len) != 0 &&
-             errno != EINPROGRESS)) {
-            ward_log_msg(WARD_LOG_WARN, "agent_unreachable", "%s: %s", cfg->agent, strerror(errno));
-            if (fd >= 0) close(fd);
+        fd = ward__ac_dial(ac, (const struct sockaddr *)&cfg->agent_addr.ss, cfg->agent_addr.len);
+        if (fd < 0) {
             ward__ac_schedule_reconnect(ac);
             return;
         }
     }
+    ward__ac_start(ac, fd);
+}
+
+/* Runs the gRPC stream on a connected (or connecting) fd. */
+static void ward__ac_start(ward_agent_client_t *ac, int fd)
+{
+    const ward_config_t *cfg = ac->cfg;
+    SSL *ssl = NULL;
     memset(&ac->sock, 0, sizeof(ac->sock));
     ac->sock.data = ac;
     ac->sock.pool = &ac->pool;
@@ -513,6 +563,7 @@ int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward
 void ward_agent_client_stop(ward_agent_client_t *ac)
 {
     ac->stopping = 1;
+    if (ac->resolving) uv_cancel((uv_req_t *)&ac->resolve);
     uv_close((uv_handle_t *)&ac->reconnect, NULL);
     uv_close((uv_handle_t *)&ac->renew, NULL);
     uv_close((uv_handle_t *)&ac->tick, NULL);

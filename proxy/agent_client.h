@@ -43,6 +43,8 @@ typedef struct {
     uv_timer_t reconnect;
     uv_timer_t renew;
     uv_timer_t tick;
+    uv_getaddrinfo_t resolve; /* --agent HOST:PORT: looked up before every connect */
+    int resolving;
     int connected;
     int stopping;
     /* counters (main thread only) */

@@ -218,9 +218,25 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
             if (cfg->agent_path == NULL) return WARD_ENOMEM;
         } else {
             cfg->agent_is_unix = 0;
+            ward_free(cfg->agent_host);
+            cfg->agent_host = NULL;
             if (ward_addr_parse(v, strlen(v), 0, &cfg->agent_addr, &why) < 0) {
-                snprintf(err, errlen, "%s '%s': expected unix:PATH or IP:PORT (%s)", flag, v, why);
-                return WARD_EINVAL;
+                /* Not IP:PORT: a DNS name (e.g. a Kubernetes Service), resolved at connect. */
+                const char *colon = strrchr(v, ':');
+                uint64_t port = 0;
+                size_t hl = colon ? (size_t)(colon - v) : 0;
+                int ok = hl > 0 && hl < 254 && ward_parse_u64(colon + 1, 1, 65535, &port) == 0;
+                for (size_t i = 0; ok && i < hl; i++)
+                    ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
+                         (v[i] >= '0' && v[i] <= '9') || v[i] == '-' || v[i] == '.';
+                if (!ok) {
+                    snprintf(err, errlen, "%s '%s': expected unix:PATH, IP:PORT or HOST:PORT", flag,
+                             v);
+                    return WARD_EINVAL;
+                }
+                cfg->agent_host = ward_strndup(v, hl);
+                if (cfg->agent_host == NULL) return WARD_ENOMEM;
+                snprintf(cfg->agent_port, sizeof(cfg->agent_port), "%u", (unsigned)port);
             }
         }
         ward_free(cfg->agent);
@@ -428,6 +444,7 @@ void ward_config_free(ward_config_t *cfg)
     ward_free(cfg->maps);
     ward_free(cfg->agent);
     ward_free(cfg->agent_path);
+    ward_free(cfg->agent_host);
     ward_free(cfg->agent_bundle);
     ward_free(cfg->agent_id);
     ward_free(cfg->agent_token_file);

@@ -27,7 +27,9 @@ typedef struct {
     char *agent; /* "unix:/path" or "host:port" */
     int agent_is_unix;
     char *agent_path;       /* unix socket path */
-    ward_addr_t agent_addr; /* TCP address (TLS) */
+    ward_addr_t agent_addr; /* TCP address (TLS), when given as IP:PORT */
+    char *agent_host;       /* TCP: a DNS name, resolved at every connect (HOST:PORT) */
+    char agent_port[6];
     char *agent_bundle;     /* PEM roots that verify the agent (TCP) */
     char *agent_id;         /* SPIFFE id the agent must present (TCP) */
     char *agent_token_file; /* projected service-account token, re-read at each connect */

@@ -116,6 +116,37 @@ static void test_errors(void)
     ward_config_free(&cfg);
 }
 
+static void test_agent_addresses(void)
+{
+    ward_config_t cfg;
+    char err[512];
+    clear_env();
+    CU_ASSERT_EQUAL_FATAL(
+        parse(&cfg,
+              ARGV("--agent", "ward-agent.ward-system.svc:15012", "--agent-bundle", "b.pem",
+                   "--agent-id", "spiffe://td/ward/agent", "--inbound", "127.0.0.1:1=127.0.0.1:2"),
+              err),
+        0);
+    CU_ASSERT_FALSE(cfg.agent_is_unix);
+    CU_ASSERT_STRING_EQUAL(cfg.agent_host, "ward-agent.ward-system.svc");
+    CU_ASSERT_STRING_EQUAL(cfg.agent_port, "15012");
+    ward_config_free(&cfg);
+    CU_ASSERT_EQUAL_FATAL(
+        parse(&cfg,
+              ARGV("--agent", "unix:/run/ward/agent.sock", "--inbound", "127.0.0.1:1=127.0.0.1:2"),
+              err),
+        0);
+    CU_ASSERT_TRUE(cfg.agent_is_unix);
+    CU_ASSERT_STRING_EQUAL(cfg.agent_path, "/run/ward/agent.sock");
+    ward_config_free(&cfg);
+    expect_error(ARGV("--agent", "bad host:1", "--inbound", "127.0.0.1:1=127.0.0.1:2"),
+                 "HOST:PORT");
+    expect_error(ARGV("--agent", "10.0.0.1:15012", "--inbound", "127.0.0.1:1=127.0.0.1:2"),
+                 "--agent-bundle");
+    expect_error(ARGV("--agent", "unix:/x", "--cert", "c", "--inbound", "127.0.0.1:1=127.0.0.1:2"),
+                 "two identity sources");
+}
+
 static void test_mapping_v6(void)
 {
     ward_mapping_t m;
@@ -130,5 +161,5 @@ static void test_mapping_v6(void)
 void ward_unit_register(void)
 {
     WARD_SUITE("config", WARD_TEST(test_full), WARD_TEST(test_env), WARD_TEST(test_errors),
-               WARD_TEST(test_mapping_v6));
+               WARD_TEST(test_agent_addresses), WARD_TEST(test_mapping_v6));
 }
