@@ -435,6 +435,20 @@ static void ward__on_accept(uv_poll_t *h, int status, int events)
     }
 }
 
+/* Starts accepting on a listening socket (the agent has at most a Unix and a TLS listener). */
+static int ward__add_listener(ward_agent_t *a, int fd, int is_unix)
+{
+    ward_agent_listener_t *l = &ward__listeners[ward__nlisteners++];
+    l->fd = fd;
+    l->is_unix = is_unix;
+    l->agent = a;
+    uv_poll_init(a->loop, &l->poll, fd);
+    l->poll.data = l;
+    uv_timer_init(a->loop, &l->retry);
+    l->retry.data = l;
+    return uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
+}
+
 static int ward__listen_unix(ward_agent_t *a, const char *path, char *err, size_t errlen)
 {
     struct sockaddr_un sun;
@@ -456,21 +470,14 @@ static int ward__listen_unix(ward_agent_t *a, const char *path, char *err, size_
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, path, strlen(path));
     if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 || listen(fd, 1024) != 0) {
-        snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(e));
         if (fd >= 0) close(fd);
-        return -errno;
+        return -e;
     }
     /* Anyone may connect: attestation, not the file mode, decides what a caller gets. */
     chmod(path, 0666);
-    ward_agent_listener_t *l = &ward__listeners[ward__nlisteners++];
-    l->fd = fd;
-    l->is_unix = 1;
-    l->agent = a;
-    uv_poll_init(a->loop, &l->poll, fd);
-    l->poll.data = l;
-    uv_timer_init(a->loop, &l->retry);
-    l->retry.data = l;
-    return uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
+    return ward__add_listener(a, fd, 1);
 }
 
 static int ward__listen_tls(ward_agent_t *a, char *err, size_t errlen)
@@ -481,21 +488,13 @@ static int ward__listen_tls(ward_agent_t *a, char *err, size_t errlen)
     int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         bind(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
         snprintf(err, errlen, "cannot listen on %s: %s",
-                 ward_addr_format((const struct sockaddr *)&addr->ss, as, sizeof(as)),
-                 strerror(errno));
+                 ward_addr_format((const struct sockaddr *)&addr->ss, as, sizeof(as)), strerror(e));
         if (fd >= 0) close(fd);
-        return -errno;
+        return -e;
     }
-    ward_agent_listener_t *l = &ward__listeners[ward__nlisteners++];
-    l->fd = fd;
-    l->is_unix = 0;
-    l->agent = a;
-    uv_poll_init(a->loop, &l->poll, fd);
-    l->poll.data = l;
-    uv_timer_init(a->loop, &l->retry);
-    l->retry.data = l;
-    return uv_poll_start(&l->poll, UV_READABLE, ward__on_accept);
+    return ward__add_listener(a, fd, 0);
 }
 
 /* The agent's own SVID for its TLS listener: spiffe://TD/ward/agent, minted by its CA. */

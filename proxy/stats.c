@@ -1,6 +1,8 @@
 /* stats.c — Prometheus text rendering of the per-worker counters (see stats.h). */
 #include "stats.h"
 
+#include <stddef.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +17,23 @@
             s_ += ward_counter_get(&workers[w_]->field);                                           \
         s_;                                                                                        \
     })
+
+/* One metric family labelled by direction: the per-direction counter array at byte offset off of
+ * ward_stats_t, summed over the workers. */
+static int ward__per_direction(ward_strbuf_t *o, const ward_stats_t *const *workers,
+                               size_t nworkers, const char *name, const char *type,
+                               const char *help, size_t off)
+{
+    int rc = ward_strbuf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (int d = 0; d < WARD_DIR_COUNT; d++) {
+        uint64_t v = 0;
+        for (size_t w = 0; w < nworkers; w++)
+            v += ward_counter_get((const ward_counter_t *)((const char *)workers[w] + off) + d);
+        rc |= ward_strbuf_printf(o, "%s{direction=\"%s\"} %llu\n", name, ward_dir_name(d),
+                                 (unsigned long long)v);
+    }
+    return rc;
+}
 
 int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size_t nworkers,
                       const ward_main_stats_t *ms, int64_t cert_not_after)
@@ -38,21 +57,13 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
                                    ward_tls_reason_name(r), (unsigned long long)v);
         }
     }
-    rc |= ward_strbuf_printf(o, "# HELP ward_tls_resumed_total Handshakes that resumed a session.\n"
-                                "# TYPE ward_tls_resumed_total counter\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o, "ward_tls_resumed_total{direction=\"%s\"} %llu\n",
-                                 ward_dir_name(d), (unsigned long long)SUM(resumed[d]));
-    rc |= ward_strbuf_printf(o, "# HELP ward_connections_open Proxied connections open now.\n"
-                                "# TYPE ward_connections_open gauge\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o, "ward_connections_open{direction=\"%s\"} %llu\n",
-                                 ward_dir_name(d), (unsigned long long)SUM(conns_open[d]));
-    rc |= ward_strbuf_printf(o, "# HELP ward_connections_total Proxied connections accepted.\n"
-                                "# TYPE ward_connections_total counter\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o, "ward_connections_total{direction=\"%s\"} %llu\n",
-                                 ward_dir_name(d), (unsigned long long)SUM(conns_total[d]));
+    rc |=
+        ward__per_direction(o, workers, nworkers, "ward_tls_resumed_total", "counter",
+                            "Handshakes that resumed a session.", offsetof(ward_stats_t, resumed));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_connections_open", "gauge",
+                              "Proxied connections open now.", offsetof(ward_stats_t, conns_open));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_connections_total", "counter",
+                              "Proxied connections accepted.", offsetof(ward_stats_t, conns_total));
     rc |= ward_strbuf_printf(o, "# HELP ward_bytes_total Payload bytes proxied.\n"
                                 "# TYPE ward_bytes_total counter\n");
     for (int d = 0; d < WARD_DIR_COUNT; d++)
@@ -60,26 +71,15 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
             rc |= ward_strbuf_printf(o, "ward_bytes_total{direction=\"%s\",flow=\"%s\"} %llu\n",
                                      ward_dir_name(d), flows[f],
                                      (unsigned long long)SUM(bytes[d][f]));
-    rc |= ward_strbuf_printf(o, "# HELP ward_upstream_connect_failures_total Upstream TCP "
-                                "connects that failed or timed out.\n"
-                                "# TYPE ward_upstream_connect_failures_total counter\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o, "ward_upstream_connect_failures_total{direction=\"%s\"} %llu\n",
-                                 ward_dir_name(d),
-                                 (unsigned long long)SUM(upstream_connect_failures[d]));
-    rc |= ward_strbuf_printf(o, "# HELP ward_idle_timeouts_total Connections closed idle.\n"
-                                "# TYPE ward_idle_timeouts_total counter\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o, "ward_idle_timeouts_total{direction=\"%s\"} %llu\n",
-                                 ward_dir_name(d), (unsigned long long)SUM(timeouts[d]));
-    rc |= ward_strbuf_printf(o, "# HELP ward_connections_refused_no_identity_total Connections "
-                                "closed at once because no identity was issued yet.\n"
-                                "# TYPE ward_connections_refused_no_identity_total counter\n");
-    for (int d = 0; d < WARD_DIR_COUNT; d++)
-        rc |= ward_strbuf_printf(o,
-                                 "ward_connections_refused_no_identity_total{direction=\"%s\"} "
-                                 "%llu\n",
-                                 ward_dir_name(d), (unsigned long long)SUM(refused_no_identity[d]));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_upstream_connect_failures_total",
+                              "counter", "Upstream TCP connects that failed or timed out.",
+                              offsetof(ward_stats_t, upstream_connect_failures));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_idle_timeouts_total", "counter",
+                              "Connections closed idle.", offsetof(ward_stats_t, timeouts));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_connections_refused_no_identity_total",
+                              "counter",
+                              "Connections closed at once because no identity was issued yet.",
+                              offsetof(ward_stats_t, refused_no_identity));
     rc |= ward_strbuf_printf(o,
                              "# HELP ward_accept_paused_total Times accepting paused for lack of "
                              "file descriptors.\n"
