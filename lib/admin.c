@@ -13,8 +13,9 @@
 #define WARD_ADMIN_MAX_REQUEST 8192
 #define WARD_ADMIN_MAX_PATH    256
 #define WARD_ADMIN_REQUEST_MS  5000 /* a request must arrive complete within this */
-#define WARD_ADMIN_LINGER_MS   1000 /* after the response: drain the client's leftovers, then close \
-                                     */
+#define WARD_ADMIN_LINGER_MS                                                                       \
+    1000 /* after the response: drain the client's leftovers, then close                           \
+          */
 #define WARD_ADMIN_LINGER_MAX 65536
 
 typedef struct {
