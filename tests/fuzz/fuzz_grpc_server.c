@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "fuzz.h"
+#include "fuzz_grpc.h"
 #include "ward/err.h"
 #include "ward/grpc.h"
 
@@ -94,15 +94,6 @@ static const ward_grpc_callbacks_t ward__cb = {
     .on_ping_ack = ward__on_ping_ack,
 };
 
-static void ward__drain(ward_grpc_conn_t *conn)
-{
-    const uint8_t *out;
-    size_t n;
-    int guard = 0;
-    while ((n = ward_grpc_conn_send(conn, &out)) > 0 && guard++ < 10000)
-        WARD_FUZZ_CHECK(out != NULL);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int init;
@@ -120,34 +111,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint64_t now = 1000;
     ward_grpc_conn_tick(conn, now);
     if (ctl & 0x20) ward_grpc_conn_ping(conn);
-    ward__drain(conn);
+    ward_fuzz_grpc_drain(conn);
 
-    size_t chunk = ctl & 0x1f;
-    if (chunk == 0) chunk = size;
-    size_t off = 0;
-    while (off < size) {
-        size_t n = size - off < chunk ? size - off : chunk;
-        int rc = ward_grpc_conn_recv(conn, data + off, n);
-        off += n;
-        ward__drain(conn);
-        if (rc < 0) {
-            WARD_FUZZ_CHECK(rc == WARD_EPARSE || rc == WARD_ENOMEM || rc == WARD_EINVAL);
-            break;
-        }
-        if ((ctl & 0x40) && off >= size / 2) {
-            ward_grpc_conn_goaway(conn, 1);
-            ctl &= (uint8_t)~0x40;
-            ward__drain(conn);
-        }
-        now += 100;
-        ward_grpc_conn_tick(conn, now);
-        ward__drain(conn);
-        if (ward_grpc_conn_finished(conn)) break;
-    }
+    now = ward_fuzz_grpc_feed(conn, data, size, ctl, now);
     (void)ward_grpc_conn_alive(conn);
     (void)ward_grpc_conn_want_write(conn);
     ward_grpc_conn_tick(conn, now + 3600 * 1000);
-    ward__drain(conn);
+    ward_fuzz_grpc_drain(conn);
     ward_grpc_conn_free(conn);
     return 0;
 }
