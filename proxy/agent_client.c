@@ -620,3 +620,35 @@ int ward_agent_client_metrics(const ward_agent_client_t *ac, ward_strbuf_t *o)
         ac->last_update ? now - ac->last_update : (int64_t)-1, ac->renewals, ac->svids_installed,
         ac->nacks, ac->svid_version, ac->bundle_version, ac->policy_version);
 }
+
+int ward_agent_client_policy_json(const ward_agent_client_t *ac, ward_strbuf_t *o)
+{
+    static const char *const actions[] = {"UNSPECIFIED", "ALLOW", "DENY", "AUDIT"};
+    static const char *const defaults[] = {"deny", "allow", "audit"};
+    int rc = 0;
+    if (ac->policy == NULL)
+        return ward_strbuf_printf(o, "{\"source\":\"agent\",\"version\":0,\"policies\":[]}\n");
+    Ward__V1__PolicySnapshot *snap =
+        ward__v1__policy_snapshot__unpack(&ward__pb, ac->policy_len, ac->policy);
+    if (snap == NULL) return WARD_EPARSE;
+    unsigned d = (unsigned)snap->mesh_default;
+    rc |= ward_strbuf_printf(o,
+                             "{\"source\":\"agent\",\"version\":%llu,\"mesh_default\":\"%s\","
+                             "\"policies\":[",
+                             (unsigned long long)snap->version, d < 3 ? defaults[d] : "deny");
+    for (size_t i = 0; i < snap->n_policies; i++) {
+        const Ward__V1__AuthorizationPolicy *p = snap->policies[i];
+        unsigned a = (unsigned)p->action;
+        rc |= ward_strbuf_printf(o, "%s{\"name\":", i ? "," : "");
+        rc |= ward_strbuf_json_str(o, p->name ? p->name : "");
+        rc |= ward_strbuf_printf(o, ",\"namespace\":");
+        rc |= ward_strbuf_json_str(o, p->namespace_ ? p->namespace_ : "");
+        rc |= ward_strbuf_printf(o, ",\"selector_identity\":");
+        rc |= ward_strbuf_json_str(o, p->selector_identity ? p->selector_identity : "");
+        rc |= ward_strbuf_printf(o, ",\"action\":\"%s\",\"rules\":%zu}",
+                                 a < 4 ? actions[a] : "UNSPECIFIED", p->n_rules);
+    }
+    rc |= ward_strbuf_printf(o, "]}\n");
+    ward__v1__policy_snapshot__free_unpacked(snap, &ward__pb);
+    return rc ? WARD_ENOMEM : 0;
+}

@@ -55,6 +55,9 @@ typedef struct {
 int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward_config_t *cfg,
                             ward_identity_store_t *store, char *err, size_t errlen);
 void ward_agent_client_stop(ward_agent_client_t *ac);
+/* Appends the current policy snapshot as JSON (names, selectors, actions, rule counts; the policy
+ * engine of issue 4 will add what each rule matches). */
+int ward_agent_client_policy_json(const ward_agent_client_t *ac, ward_strbuf_t *out);
 /* Appends the agent metrics (Prometheus text). */
 int ward_agent_client_metrics(const ward_agent_client_t *ac, ward_strbuf_t *out);
 

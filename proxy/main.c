@@ -102,7 +102,13 @@ static int ward__render_identity(ward_proxy_t *p, ward_strbuf_t *o)
 
 static int ward__render_page(void *ctx, const char *path, ward_strbuf_t *out)
 {
-    if (strcmp(path, "/identity") == 0) return ward__render_identity(ctx, out);
+    ward_proxy_t *p = ctx;
+    if (strcmp(path, "/identity") == 0) return ward__render_identity(p, out);
+    if (strcmp(path, "/policy") == 0) {
+        if (p->agent_mode) return ward_agent_client_policy_json(&p->agent, out);
+        /* Without an agent there is no policy source yet (--policy comes with issue 4). */
+        return ward_strbuf_printf(out, "{\"source\":\"none\",\"version\":0,\"policies\":[]}\n");
+    }
     return 1;
 }
 

@@ -10,6 +10,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import harness as h  # noqa: E402
+import agentharness as ah  # noqa: E402
 
 r = h.Results()
 C = h.certs_dir()
@@ -77,7 +78,42 @@ def slow_client_is_cut():
     s.close()
 
 
+def policy_page_files():
+    p = start_proxy()
+    st, body = p.get("/policy")
+    assert st == 200, st
+    doc = json.loads(body)
+    assert doc == {"source": "none", "version": 0, "policies": []}, doc
+
+
+def policy_and_identity_pages_agent():
+    """In agent mode /policy shows the snapshot the agent pushed for this proxy's identity and
+    /identity the agent's stream state."""
+    repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    pdir = h.mkdtemp(prefix="ward-admin-pol-")
+    with open(os.path.join(repo, "tests", "policy", "orders-read.yaml")) as f:
+        text = f.read().replace("cluster.local", "test.local")
+    with open(os.path.join(pdir, "orders.yaml"), "w") as f:
+        f.write(text)
+    ident = "spiffe://test.local/ns/shop/sa/orders"
+    a = ah.Agent(workloads={os.getuid(): ident}, policy_dir=pdir).start()
+    p = h.Proxy(["--agent", "unix:" + a.sock, "--inbound",
+                 "127.0.0.1:%d=127.0.0.1:%d" % (h.free_port(), h.free_port()),
+                 "--workers", "1"]).start()
+    doc = json.loads(p.get("/identity")[1])
+    assert doc["source"] == "agent" and doc["spiffe_id"] == ident, doc
+    assert doc["agent"]["connected"] is True and doc["agent"]["svid_version"] >= 1, doc
+    h.wait_for(lambda: json.loads(p.get("/policy")[1])["version"] > 0, 10, what="policy")
+    pol = json.loads(p.get("/policy")[1])
+    assert pol["source"] == "agent" and pol["mesh_default"] == "deny", pol
+    names = [x["name"] for x in pol["policies"]]
+    assert "orders-read" in names, pol
+    assert all(x["selector_identity"] in (ident, "") for x in pol["policies"]), pol
+
+
 r.run("identity_page", identity_page)
+r.run("policy_page_files", policy_page_files)
+r.run("policy_and_identity_pages_agent", policy_and_identity_pages_agent)
 r.run("slow_client_is_cut", slow_client_is_cut)
 r.run("methods_and_errors", methods_and_errors)
 r.finish()
