@@ -4,19 +4,27 @@
  *   wardctl cert inspect FILE [--ca BUNDLE] [--expect ID]
  *                                      show an SVID: SPIFFE id, validity, issuer, and whether it
  *                                      passes ward's X509-SVID checks (against BUNDLE if given)
+ *   wardctl status [ADMIN_ADDR]        summarise a running proxy from its admin endpoint
+ *                                      (default 127.0.0.1:15000): identity, expiry countdown,
+ *                                      agent stream, open connections, refusals by reason
  *
  * Exit status: 0 valid, 1 invalid (the reason is printed), 2 usage error. Later issues add
  * `policy test`, `diagnose`, `status` and `inject`. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "ward/addr.h"
 #include "ward/alloc.h"
 #include "ward/err.h"
 #include "ward/policy.h"
+#include "ward/strbuf.h"
 #include "ward/tls.h"
 
 #define WARDCTL_MAX_FILE (1u << 20)
@@ -29,9 +37,11 @@ static void usage(FILE *out)
           "                              every *.yaml / *.yml in it, ConfigMap layouts too)\n"
           "  cert inspect FILE [--ca BUNDLE] [--expect SPIFFE-ID]\n"
           "                              show an X509-SVID and check it as a ward peer would\n"
+          "  status [ADMIN_ADDR]         summarise a running proxy (default 127.0.0.1:15000)\n"
           "  --help, --version\n"
           "\n"
-          "Exit status: 0 valid, 1 invalid (reason printed), 2 usage error.\n",
+          "Exit status: 0 valid / healthy, 1 invalid / not ready / unreachable (reason printed),\n"
+          "2 usage error.\n",
           out);
 }
 
@@ -180,6 +190,169 @@ static int cert_inspect(int argc, char **argv)
     return r == WARD_REASON_NONE ? 0 : 1;
 }
 
+/* --- status ---------------------------------------------------------------------------------- */
+
+#define WARDCTL_MAX_BODY (4u << 20)
+
+/* GET path from the admin endpoint at addr (loopback admin only: plain HTTP/1.0). Returns the HTTP
+ * status and fills body, or -1 with why set. */
+static int admin_get(const ward_addr_t *addr, const char *path, ward_strbuf_t *body, char *why,
+                     size_t whylen)
+{
+    int fd = socket(addr->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {5, 0};
+    if (fd < 0) {
+        snprintf(why, whylen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (const struct sockaddr *)&addr->ss, addr->len) != 0) {
+        snprintf(why, whylen, "connect: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: ward-admin\r\n\r\n", path);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        snprintf(why, whylen, "send: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    ward_strbuf_t raw = {0};
+    char buf[16384];
+    ssize_t r;
+    while ((r = recv(fd, buf, sizeof(buf), 0)) > 0 && raw.len < WARDCTL_MAX_BODY)
+        if (ward_strbuf_printf(&raw, "%.*s", (int)r, buf) < 0) break;
+    close(fd);
+    int status = -1;
+    char *sep = raw.data ? strstr(raw.data, "\r\n\r\n") : NULL;
+    if (raw.data == NULL || sscanf(raw.data, "HTTP/1.%*d %d", &status) != 1 || sep == NULL) {
+        snprintf(why, whylen, "not an HTTP response from the admin endpoint");
+        ward_strbuf_free(&raw);
+        return -1;
+    }
+    ward_strbuf_printf(body, "%s", sep + 4);
+    ward_strbuf_free(&raw);
+    return status;
+}
+
+/* Value of a numeric JSON member "key": in text (flat lookup: enough for /identity). */
+static int json_num(const char *text, const char *key, long long *out)
+{
+    char pat[96];
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    const char *p = strstr(text, pat);
+    return p != NULL && sscanf(p + strlen(pat), "%lld", out) == 1;
+}
+
+static int json_str(const char *text, const char *key, char *out, size_t size)
+{
+    char pat[96];
+    snprintf(pat, sizeof(pat), "\"%s\":\"", key);
+    const char *p = strstr(text, pat);
+    if (p == NULL) return 0;
+    p += strlen(pat);
+    size_t i = 0;
+    while (*p && *p != '"' && i + 1 < size)
+        out[i++] = *p++;
+    out[i] = '\0';
+    return 1;
+}
+
+/* Sums the samples of a metric whose label set contains `match` (e.g. reason="expired"). */
+static double metric_sum(const char *text, const char *name, const char *match)
+{
+    double sum = 0;
+    size_t nl = strlen(name);
+    for (const char *line = text; line && *line;
+         line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (strncmp(line, name, nl) != 0 || (line[nl] != '{' && line[nl] != ' ')) continue;
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char tmp[512];
+        if (len >= sizeof(tmp)) continue;
+        memcpy(tmp, line, len);
+        tmp[len] = '\0';
+        if (match && strstr(tmp, match) == NULL) continue;
+        const char *v = strrchr(tmp, ' ');
+        if (v) sum += strtod(v + 1, NULL);
+    }
+    return sum;
+}
+
+static int status_cmd(int argc, char **argv)
+{
+    const char *target = argc > 0 ? argv[0] : "127.0.0.1:15000";
+    ward_addr_t addr;
+    const char *why = NULL;
+    char err[256];
+    if (argc > 1 || ward_addr_parse(target, strlen(target), 0, &addr, &why) < 0) {
+        fprintf(stderr, "wardctl status: '%s': %s\n", target, why ? why : "one address only");
+        return 2;
+    }
+    ward_strbuf_t ident = {0}, metrics = {0}, ready = {0};
+    int st = admin_get(&addr, "/identity", &ident, err, sizeof(err));
+    if (st < 0) {
+        fprintf(stderr,
+                "wardctl status: %s: %s (is the proxy running, and is its admin "
+                "endpoint there? see --admin)\n",
+                target, err);
+        return 1;
+    }
+    int rst = admin_get(&addr, "/ready", &ready, err, sizeof(err));
+    admin_get(&addr, "/metrics", &metrics, err, sizeof(err));
+    const char *it = ident.data ? ident.data : "";
+    const char *mt = metrics.data ? metrics.data : "";
+    char id[2100] = "", source[32] = "";
+    long long not_after = 0, expires = 0, connected = 0, last = 0;
+    json_str(it, "spiffe_id", id, sizeof(id));
+    json_str(it, "source", source, sizeof(source));
+    json_num(it, "not_after", &not_after);
+    json_num(it, "expires_in_seconds", &expires);
+    printf("%-22s%s\n", "admin", target);
+    printf("%-22s%s\n", "ready", rst == 200 ? "yes" : "NO (/ready answers 503)");
+    printf("%-22s%s (from %s)\n", "identity", id[0] ? id : "none yet", source);
+    if (not_after) {
+        if (expires > 0)
+            printf("%-22s%lldh%02lldm%02llds\n", "expires in", expires / 3600, expires / 60 % 60,
+                   expires % 60);
+        else
+            printf("%-22sEXPIRED %lld s ago\n", "expires in", -expires);
+    }
+    if (strcmp(source, "agent") == 0) {
+        const char *ag = strstr(it, "\"agent\":");
+        connected = ag && strstr(ag, "\"connected\":true") != NULL;
+        if (ag) json_num(ag, "last_update", &last);
+        printf("%-22s%s, last update %lld s ago\n", "agent stream", connected ? "up" : "DOWN",
+               last ? (long long)time(NULL) - last : -1);
+    }
+    printf("%-22sinbound %.0f, outbound %.0f\n", "open connections",
+           metric_sum(mt, "ward_connections_open", "direction=\"inbound\""),
+           metric_sum(mt, "ward_connections_open", "direction=\"outbound\""));
+    printf("%-22s%.0f ok, %.0f resumed\n", "handshakes",
+           metric_sum(mt, "ward_tls_handshakes_total", "result=\"success\""),
+           metric_sum(mt, "ward_tls_resumed_total", NULL));
+    static const char *const reasons[] = {"expired",      "not_yet_valid",  "unknown_ca",
+                                          "san_mismatch", "no_client_cert", "bad_certificate",
+                                          "protocol",     "timeout"};
+    int any = 0;
+    for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
+        char m[64];
+        snprintf(m, sizeof(m), "reason=\"%s\"", reasons[i]);
+        double v = metric_sum(mt, "ward_tls_handshakes_total", m);
+        if (v > 0) {
+            printf("%-22s%-16s %.0f\n", any ? "" : "refused handshakes", reasons[i], v);
+            any = 1;
+        }
+    }
+    if (!any) printf("%-22snone\n", "refused handshakes");
+    ward_strbuf_free(&ident);
+    ward_strbuf_free(&metrics);
+    ward_strbuf_free(&ready);
+    return rst == 200 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     ward_alloc_install(NULL);
@@ -195,6 +368,7 @@ int main(int argc, char **argv)
         return policy_check(argc - 3, argv + 3);
     if (argc >= 3 && strcmp(argv[1], "cert") == 0 && strcmp(argv[2], "inspect") == 0)
         return cert_inspect(argc - 3, argv + 3);
+    if (strcmp(argv[1], "status") == 0) return status_cmd(argc - 2, argv + 2);
     fprintf(stderr, "wardctl: unknown command (see wardctl --help)\n");
     return 2;
 }

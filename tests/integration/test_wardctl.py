@@ -75,7 +75,33 @@ def cert_verdicts():
     assert rc == 1 and "no readable PEM" in err, err
 
 
+def status_of_a_proxy():
+    c = h.certs_dir()
+    p = h.Proxy(["--cert", os.path.join(c, "server.pem"), "--key",
+                 os.path.join(c, "server-key.pem"), "--ca", os.path.join(c, "ca.pem"),
+                 "--inbound", "127.0.0.1:%d=127.0.0.1:%d" % (h.free_port(), h.free_port()),
+                 "--workers", "1"])
+    p.start()
+    inbound = int(p.args[p.args.index("--inbound") + 1].split("=")[0].rsplit(":", 1)[1])
+    h.tls_probe("127.0.0.1", inbound, cert=os.path.join(c, "expired.pem"),
+                key=os.path.join(c, "expired-key.pem"), ca=os.path.join(c, "ca.pem"))
+    h.wait_for(lambda: (h.metric_value(p.metrics(), "ward_tls_handshakes_total",
+                                       direction="inbound", result="failure",
+                                       reason="expired") or 0) >= 1, 10, what="refusal counted")
+    rc, out, err = run("status", "127.0.0.1:%d" % p.admin_port)
+    assert rc == 0, (rc, out, err)
+    assert "spiffe://test.local/ns/default/sa/backend (from files)" in out, out
+    assert re.search(r"expired\s+1\b", out), out
+    assert "ready                 yes" in out, out
+    p.stop()
+    rc, out, err = run("status", "127.0.0.1:%d" % p.admin_port)
+    assert rc == 1 and "connect" in err, (rc, out, err)
+    rc, _, err = run("status", "not-an-address")
+    assert rc == 2, err
+
+
 r.run("help_and_usage", help_and_usage)
+r.run("status_of_a_proxy", status_of_a_proxy)
 r.run("valid_policies", valid_policies)
 r.run("invalid_policies", invalid_policies)
 r.run("cert_verdicts", cert_verdicts)
