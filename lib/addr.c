@@ -139,3 +139,10 @@ int ward_duration_parse(const char *s, uint64_t *out_ms)
     *out_ms = v * mult;
     return 0;
 }
+
+uint16_t ward_addr_port(const ward_addr_t *a)
+{
+    if (a->ss.ss_family == AF_INET) return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    if (a->ss.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return 0;
+}

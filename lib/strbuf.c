@@ -50,3 +50,23 @@ int ward_strbuf_json_str(ward_strbuf_t *b, const char *s)
     b->data[b->len] = '\0';
     return 0;
 }
+
+int ward_strbuf_label(ward_strbuf_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    /* Worst case every byte is escaped: reserve for that, plus the quotes. */
+    if (ward_strbuf_printf(b, "%*s", (int)(n * 2 + 2), "") < 0) return WARD_ENOMEM;
+    b->len -= n * 2 + 2;
+    b->data[b->len++] = '"';
+    for (; *s; s++) {
+        char ch = *s;
+        if (ch == '\\' || ch == '"' || ch == '\n') {
+            b->data[b->len++] = '\\';
+            if (ch == '\n') ch = 'n';
+        }
+        b->data[b->len++] = ch;
+    }
+    b->data[b->len++] = '"';
+    b->data[b->len] = '\0';
+    return 0;
+}

@@ -19,6 +19,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/pool.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -386,23 +387,50 @@ static enum ssl_verify_result_t ward__verify_cb(SSL *ssl, uint8_t *out_alert)
     return ssl_verify_ok;
 }
 
+/* The server picks, in the client's order of preference, the first protocol ward speaks between
+ * sidecars; peer->alpn, when set, is the only one it accepts. No match: no ALPN (the proxy then
+ * sniffs the decrypted bytes). */
 static int ward__alpn_select(SSL *ssl, const uint8_t **out, uint8_t *out_len, const uint8_t *in,
                              unsigned in_len, void *arg)
 {
+    static const char *const supported[] = {"h2", "http/1.1", WARD_ALPN_TCP};
     const ward_tls_peer_t *peer = SSL_get_ex_data(ssl, ward__ex_peer);
-    const char *proto = peer && peer->alpn ? peer->alpn : WARD_ALPN_TCP;
-    const size_t plen = strlen(proto);
+    (void)arg;
     for (unsigned i = 0; i < in_len;) {
         unsigned l = in[i];
         if (i + 1 + l > in_len) break;
-        if (l == plen && memcmp(in + i + 1, proto, plen) == 0) {
-            *out = in + i + 1;
-            *out_len = (uint8_t)l;
-            return SSL_TLSEXT_ERR_OK;
+        for (size_t k = 0; k < sizeof(supported) / sizeof(supported[0]); k++) {
+            const char *proto = supported[k];
+            if (peer != NULL && peer->alpn != NULL && strcmp(peer->alpn, proto) != 0) continue;
+            if (l == strlen(proto) && memcmp(in + i + 1, proto, l) == 0) {
+                *out = in + i + 1;
+                *out_len = (uint8_t)l;
+                return SSL_TLSEXT_ERR_OK;
+            }
         }
         i += 1 + l;
     }
     return SSL_TLSEXT_ERR_NOACK;
+}
+
+const char *ward_tls_alpn(const SSL *ssl)
+{
+    static const char *const known[] = {"h2", "http/1.1", WARD_ALPN_TCP};
+    const uint8_t *p = NULL;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl, &p, &len);
+    for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++)
+        if (len == strlen(known[k]) && memcmp(p, known[k], len) == 0) return known[k];
+    return NULL;
+}
+
+int ward_tls_peer_cert_sha256(const SSL *ssl, uint8_t out[32])
+{
+    const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(ssl);
+    if (chain == NULL || sk_CRYPTO_BUFFER_num(chain) == 0) return WARD_ECERT;
+    const CRYPTO_BUFFER *b = sk_CRYPTO_BUFFER_value(chain, 0);
+    SHA256(CRYPTO_BUFFER_data(b), CRYPTO_BUFFER_len(b), out);
+    return 0;
 }
 
 static int ward__new_session_cb(SSL *ssl, SSL_SESSION *sess)

@@ -238,24 +238,23 @@ static void ward__ac_on_svid(ward_agent_client_t *ac, const Ward__V1__Svid *sv)
     ward__ac_schedule_renew(ac);
 }
 
+/* Compiles the snapshot; installs it (ACK) or keeps the current one (NACK with the reason). */
 static void ward__ac_on_policy(ward_agent_client_t *ac, const uint8_t *msg, size_t len,
                                const Ward__V1__PolicySnapshot *p)
 {
-    /* Kept verbatim for the policy engine (issue 4), which compiles it; until then accepted. */
-    uint8_t *copy = ward_malloc(len ? len : 1);
-    if (copy == NULL) {
-        ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY, p->version,
-                     "out of memory");
+    const char *why = NULL;
+    if (ward_policy_store_install(ac->policies, msg, len, &why) < 0) {
+        ward_log_msg(WARD_LOG_ERROR, "policy_refused",
+                     "policy snapshot version %" PRIu64 " refused: %s; keeping version %" PRIu64,
+                     p->version, why, ac->policy_version);
+        ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY, p->version, why);
         return;
     }
-    memcpy(copy, msg, len);
-    ward_free(ac->policy);
-    ac->policy = copy;
-    ac->policy_len = len;
     ac->policy_version = p->version;
     ac->last_update = (int64_t)time(NULL);
     ward_log_msg(WARD_LOG_INFO, "policy_received",
-                 "policy snapshot version %" PRIu64 " (%zu policies)", p->version, p->n_policies);
+                 "policy snapshot version %" PRIu64 " (%zu policies) in force", p->version,
+                 p->n_policies);
     ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY, p->version, NULL);
 }
 
@@ -521,12 +520,14 @@ static void ward__ac_on_tick(uv_timer_t *t)
 }
 
 int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward_config_t *cfg,
-                            ward_identity_store_t *store, char *err, size_t errlen)
+                            ward_identity_store_t *store, ward_policy_store_t *policies, char *err,
+                            size_t errlen)
 {
     memset(ac, 0, sizeof(*ac));
     ac->loop = loop;
     ac->cfg = cfg;
     ac->store = store;
+    ac->policies = policies;
     ward_pool_init(&ac->pool, 2);
     srand((unsigned)(time(NULL) ^ getpid()));
     if (!cfg->agent_is_unix) {
@@ -575,8 +576,6 @@ void ward_agent_client_stop(ward_agent_client_t *ac)
     ward__free_ders(ac->roots, ac->roots_len, ac->nroots);
     ac->chain = ac->roots = NULL;
     ac->nchain = ac->nroots = 0;
-    ward_free(ac->policy);
-    ac->policy = NULL;
     ward_identity_unref(ac->bootstrap);
     ac->bootstrap = NULL;
 }
@@ -619,36 +618,4 @@ int ward_agent_client_metrics(const ward_agent_client_t *ac, ward_strbuf_t *o)
         ac->connected, ac->connects, ac->disconnects, ac->last_update,
         ac->last_update ? now - ac->last_update : (int64_t)-1, ac->renewals, ac->svids_installed,
         ac->nacks, ac->svid_version, ac->bundle_version, ac->policy_version);
-}
-
-int ward_agent_client_policy_json(const ward_agent_client_t *ac, ward_strbuf_t *o)
-{
-    static const char *const actions[] = {"UNSPECIFIED", "ALLOW", "DENY", "AUDIT"};
-    static const char *const defaults[] = {"deny", "allow", "audit"};
-    int rc = 0;
-    if (ac->policy == NULL)
-        return ward_strbuf_printf(o, "{\"source\":\"agent\",\"version\":0,\"policies\":[]}\n");
-    Ward__V1__PolicySnapshot *snap =
-        ward__v1__policy_snapshot__unpack(&ward__pb, ac->policy_len, ac->policy);
-    if (snap == NULL) return WARD_EPARSE;
-    unsigned d = (unsigned)snap->mesh_default;
-    rc |= ward_strbuf_printf(o,
-                             "{\"source\":\"agent\",\"version\":%llu,\"mesh_default\":\"%s\","
-                             "\"policies\":[",
-                             (unsigned long long)snap->version, d < 3 ? defaults[d] : "deny");
-    for (size_t i = 0; i < snap->n_policies; i++) {
-        const Ward__V1__AuthorizationPolicy *p = snap->policies[i];
-        unsigned a = (unsigned)p->action;
-        rc |= ward_strbuf_printf(o, "%s{\"name\":", i ? "," : "");
-        rc |= ward_strbuf_json_str(o, p->name ? p->name : "");
-        rc |= ward_strbuf_printf(o, ",\"namespace\":");
-        rc |= ward_strbuf_json_str(o, p->namespace_ ? p->namespace_ : "");
-        rc |= ward_strbuf_printf(o, ",\"selector_identity\":");
-        rc |= ward_strbuf_json_str(o, p->selector_identity ? p->selector_identity : "");
-        rc |= ward_strbuf_printf(o, ",\"action\":\"%s\",\"rules\":%zu}",
-                                 a < 4 ? actions[a] : "UNSPECIFIED", p->n_rules);
-    }
-    rc |= ward_strbuf_printf(o, "]}\n");
-    ward__v1__policy_snapshot__free_unpacked(snap, &ward__pb);
-    return rc ? WARD_ENOMEM : 0;
 }

@@ -49,6 +49,16 @@ void ward_config_usage(FILE *out)
           "  --drain-timeout D        graceful drain on SIGTERM (30s)     [WARD_DRAIN_TIMEOUT]\n"
           "  --reload-interval D      identity file check period (1s)   [WARD_RELOAD_INTERVAL]\n"
           "  --log-level L            debug|info|warn|error (info)           [WARD_LOG_LEVEL]\n"
+          "Policy (inbound requests and connections are authorized by the caller's identity):\n"
+          "  --policy FILE|DIR        AuthorizationPolicy YAML, without an agent; reloaded\n"
+          "                           every reload interval and on SIGHUP      [WARD_POLICY]\n"
+          "  --mesh-default A         deny|allow|audit where no policy selects this\n"
+          "                           workload (deny)                    [WARD_MESH_DEFAULT]\n"
+          "Protocol detection (outbound sniffs the app; inbound uses ALPN, else sniffs):\n"
+          "  --sniff-timeout D        wait for the client's first bytes (200ms)\n"
+          "                                                             [WARD_SNIFF_TIMEOUT]\n"
+          "  --server-first-ports L   ports carried opaque without sniffing, or 'none'\n"
+          "                           (21,22,25,110,143,587,3306)  [WARD_SERVER_FIRST_PORTS]\n"
           "  --help, --version\n"
           "\n"
           "Addresses: IP:PORT or [IPv6]:PORT (LISTEN may be :PORT). Durations: 250ms, 5s, 2m, 1h.\n"
@@ -162,6 +172,10 @@ enum {
     OPT_DRAIN_TO,
     OPT_RELOAD,
     OPT_LOGLEVEL,
+    OPT_POLICY,
+    OPT_MESH_DEFAULT,
+    OPT_SNIFF_TO,
+    OPT_SERVER_FIRST,
     OPT_HELP,
     OPT_VERSION
 };
@@ -190,6 +204,10 @@ static const ward_opt_desc_t ward__scalars[] = {
     {OPT_DRAIN_TO, "--drain-timeout", "WARD_DRAIN_TIMEOUT"},
     {OPT_RELOAD, "--reload-interval", "WARD_RELOAD_INTERVAL"},
     {OPT_LOGLEVEL, "--log-level", "WARD_LOG_LEVEL"},
+    {OPT_POLICY, "--policy", "WARD_POLICY"},
+    {OPT_MESH_DEFAULT, "--mesh-default", "WARD_MESH_DEFAULT"},
+    {OPT_SNIFF_TO, "--sniff-timeout", "WARD_SNIFF_TIMEOUT"},
+    {OPT_SERVER_FIRST, "--server-first-ports", "WARD_SERVER_FIRST_PORTS"},
 };
 #define WARD_NSCALARS (sizeof(ward__scalars) / sizeof(ward__scalars[0]))
 
@@ -298,6 +316,45 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
         return ward__set_duration(flag, v, &cfg->drain_timeout_ms, err, errlen);
     case OPT_RELOAD:
         return ward__set_duration(flag, v, &cfg->reload_interval_ms, err, errlen);
+    case OPT_POLICY:
+        ward_free(cfg->policy_path);
+        cfg->policy_path = ward_strdup(v);
+        return cfg->policy_path ? 0 : WARD_ENOMEM;
+    case OPT_MESH_DEFAULT:
+        if (strcmp(v, "deny") == 0)
+            cfg->mesh_default = 0;
+        else if (strcmp(v, "allow") == 0)
+            cfg->mesh_default = 1;
+        else if (strcmp(v, "audit") == 0)
+            cfg->mesh_default = 2;
+        else
+            return ward__cfg_err(err, errlen, "%s '%s': expected deny, allow or audit", flag, v);
+        return 0;
+    case OPT_SNIFF_TO:
+        return ward__set_duration(flag, v, &cfg->sniff_timeout_ms, err, errlen);
+    case OPT_SERVER_FIRST: {
+        /* "none", or comma-separated ports. */
+        cfg->nserver_first_ports = 0;
+        if (strcmp(v, "none") == 0) return 0;
+        const char *p = v;
+        while (*p) {
+            char num[8];
+            size_t l = strcspn(p, ",");
+            if (l == 0 || l >= sizeof(num) ||
+                cfg->nserver_first_ports == WARD_MAX_SERVER_FIRST_PORTS)
+                return ward__cfg_err(err, errlen, "%s '%s': expected ports like 25,3306 or none",
+                                     flag, v);
+            memcpy(num, p, l);
+            num[l] = '\0';
+            if (ward_parse_u64(num, 1, 65535, &n) < 0)
+                return ward__cfg_err(err, errlen, "%s '%s': expected ports like 25,3306 or none",
+                                     flag, v);
+            cfg->server_first_ports[cfg->nserver_first_ports++] = (uint16_t)n;
+            p += l;
+            if (*p == ',') p++;
+        }
+        return 0;
+    }
     case OPT_LOGLEVEL:
         if (ward_log_parse_level(v, &cfg->log_level) < 0)
             return ward__cfg_err(err, errlen, "%s '%s': expected debug, info, warn or error", flag,
@@ -329,6 +386,10 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         {"drain-timeout", required_argument, NULL, OPT_DRAIN_TO},
         {"reload-interval", required_argument, NULL, OPT_RELOAD},
         {"log-level", required_argument, NULL, OPT_LOGLEVEL},
+        {"policy", required_argument, NULL, OPT_POLICY},
+        {"mesh-default", required_argument, NULL, OPT_MESH_DEFAULT},
+        {"sniff-timeout", required_argument, NULL, OPT_SNIFF_TO},
+        {"server-first-ports", required_argument, NULL, OPT_SERVER_FIRST},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0}};
@@ -347,6 +408,11 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
     cfg->drain_timeout_ms = 30000;
     cfg->reload_interval_ms = 1000;
     cfg->log_level = WARD_LOG_INFO;
+    cfg->sniff_timeout_ms = 200;
+    /* Protocols where the server speaks first: SMTP, MySQL, FTP, POP3, IMAP, SSH, submission. */
+    static const uint16_t server_first[] = {21, 22, 25, 110, 143, 587, 3306};
+    for (size_t i = 0; i < sizeof(server_first) / sizeof(server_first[0]); i++)
+        cfg->server_first_ports[cfg->nserver_first_ports++] = server_first[i];
 
     /* Environment first; flags below override. */
     for (size_t i = 0; i < WARD_NSCALARS; i++) {
@@ -416,6 +482,12 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
                      "give one");
             return WARD_EINVAL;
         }
+        if (cfg->policy_path != NULL) {
+            snprintf(err, errlen,
+                     "--policy is for proxies without an agent: with --agent, policies come "
+                     "from the agent");
+            return WARD_EINVAL;
+        }
         if (!cfg->agent_is_unix && (cfg->agent_bundle == NULL || cfg->agent_id == NULL)) {
             snprintf(err, errlen,
                      "--agent over TCP needs --agent-bundle (roots to verify it) and "
@@ -451,5 +523,6 @@ void ward_config_free(ward_config_t *cfg)
     ward_free(cfg->cert_file);
     ward_free(cfg->key_file);
     ward_free(cfg->ca_file);
+    ward_free(cfg->policy_path);
     memset(cfg, 0, sizeof(*cfg));
 }

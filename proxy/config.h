@@ -48,6 +48,12 @@ typedef struct {
     uint64_t drain_timeout_ms;
     uint64_t reload_interval_ms;
     ward_log_level_t log_level;
+    char *policy_path; /* --policy FILE|DIR (agent-less) */
+    int mesh_default;  /* Ward__V1__DefaultAction: 0 deny, 1 allow, 2 audit */
+    uint64_t sniff_timeout_ms;
+#define WARD_MAX_SERVER_FIRST_PORTS 32
+    uint16_t server_first_ports[WARD_MAX_SERVER_FIRST_PORTS];
+    size_t nserver_first_ports;
 } ward_config_t;
 
 #define WARD_CONFIG_EXIT 1 /* --help or --version was printed: exit 0 */

@@ -10,69 +10,33 @@
  * copy between the socket and the one 64 KiB chunk in flight per direction. A direction reads only
  * when its chunk is empty, so a slow reader stops its writer (backpressure both ways), and an idle
  * connection holds no chunk. EOF on one side becomes a FIN / close_notify on the other
- * (half-close). Memory is freed only when the last libuv handle has closed. */
+ * (half-close). Memory is freed only when the last libuv handle has closed.
+ *
+ * This file also chooses the protocol (ALPN between sidecars, sniffing on plain sides), decides
+ * opaque TCP connections, and hands HTTP connections to their codec (http1.c, http2.c); see
+ * conn.h for the phases and the services the codecs use. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "conn.h"
 #include "ward/alloc.h"
+#include "ward/err.h"
 #include "ward/log.h"
 
 #define WARD_PUMP_ROUNDS 16
 
-typedef enum {
-    WARD_CS_CONNECTING,
-    WARD_CS_HANDSHAKE,
-    WARD_CS_PROXYING,
-    WARD_CS_CLOSING
-} ward_conn_state_t;
+/* TEMPORARY (until proxy/http1.c and proxy/http2.c land): weak references, so the proxy links
+ * and carries HTTP opaquely without them. */
+extern const ward_codec_t ward_codec_http1 __attribute__((weak));
+extern const ward_codec_t ward_codec_http2 __attribute__((weak));
 
-static const char *const ward__state_names[] = {"connecting", "handshake", "proxying", "closing"};
-
-/* Side flags. */
-enum {
-    WARD_SF_POLL = 1u << 0,      /* poll handle initialised */
-    WARD_SF_RD_EOF = 1u << 1,    /* no more bytes will come from this side */
-    WARD_SF_WR_SHUT = 1u << 2,   /* we have ended our writing toward this side */
-    WARD_SF_RD_WANT_W = 1u << 3, /* TLS: the last read needs the socket writable */
-    WARD_SF_WR_WANT_R = 1u << 4, /* TLS: the last write needs the socket readable */
-    WARD_SF_SHUT_PEND = 1u << 5, /* close_notify still to be flushed */
-    WARD_SF_GOT_BYTES = 1u << 6, /* at least one byte was read from this side */
-    WARD_SF_DRAINED = 1u << 7,   /* plain: the last read was short (kernel buffer empty then) */
-};
-
-typedef struct {
-    uv_poll_t poll;
-    int fd;
-    SSL *ssl;         /* NULL on the plain side */
-    ward_tls_io_t io; /* the TLS side's receive buffer (see ward/tls.h) */
-    uint8_t flags;
-    uint8_t events; /* what the poll handle is started with */
-} ward_side_t;
-
-struct ward_conn {
-    ward_side_t down;
-    ward_side_t up;
-    uv_timer_t timer;
-    ward_worker_t *w;
-    ward_conn_t *prev, *next;
-    const ward_mapping_t *map;
-    ward_identity_t *ident;
-    ward_tls_peer_t peer;
-    ward_chunk_t *buf[2]; /* indexed by ward_flow_t */
-    uint64_t id;
-    uint64_t bytes[2];
-    uint64_t started;
-    uint64_t last_active;
-    uint32_t map_index;
-    uint8_t dir;
-    uint8_t state;
-    uint8_t handles;
-};
+static const char *const ward__state_names[] = {"connecting", "handshake", "sniffing", "proxying",
+                                                "closing"};
 
 static void ward__on_io(uv_poll_t *h, int status, int events);
 static void ward__proxy(ward_conn_t *c, ward_side_t *fired, int events);
@@ -87,16 +51,16 @@ static ward_side_t *ward__tls_side(ward_conn_t *c)
     return c->dir == WARD_DIR_INBOUND ? &c->down : &c->up;
 }
 
-static void ward__log_conn(ward_logline_t *l, ward_conn_t *c)
+void ward_conn_log_ctx(ward_logline_t *l, ward_conn_t *c)
 {
     char a[64];
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
     ward_log_u64(l, "conn", c->id);
     ward_log_str(l, "direction", ward_dir_name(c->dir));
     ward_log_str(l, "phase", ward__state_names[c->state]);
-    if (c->down.fd >= 0 && getpeername(c->down.fd, (struct sockaddr *)&ss, &sl) == 0)
-        ward_log_str(l, "downstream", ward_addr_format((struct sockaddr *)&ss, a, sizeof(a)));
+    if (c->state == WARD_CS_PROXYING) ward_log_str(l, "protocol", ward_proto_name(c->proto));
+    if (c->peer_addr.ss_family != AF_UNSPEC)
+        ward_log_str(l, "downstream",
+                     ward_addr_format((const struct sockaddr *)&c->peer_addr, a, sizeof(a)));
     ward_log_str(l, "upstream",
                  ward_addr_format((const struct sockaddr *)&c->map->target.ss, a, sizeof(a)));
     if (c->peer.peer_id) ward_log_str(l, "peer_identity", c->peer.peer_id);
@@ -110,12 +74,15 @@ static void ward__conn_free(ward_conn_t *c)
     ward_worker_t *w = c->w;
     ward_logline_t l;
     if (ward_log_begin(&l, WARD_LOG_DEBUG, "conn_closed")) {
-        ward__log_conn(&l, c);
+        ward_conn_log_ctx(&l, c);
         ward_log_u64(&l, "bytes_to_upstream", c->bytes[WARD_FLOW_TO_UPSTREAM]);
         ward_log_u64(&l, "bytes_to_downstream", c->bytes[WARD_FLOW_TO_DOWNSTREAM]);
         ward_log_u64(&l, "duration_ms", uv_now(&w->loop) - c->started);
         ward_log_end(&l);
     }
+    if (c->codec != NULL) c->codec->free(c);
+    ward_pool_put(&w->pool, c->pre);
+    ward_free(c->xfcc);
     ward_tls_free(c->down.ssl);
     ward_tls_free(c->up.ssl);
     if (c->down.ssl) ward_tls_io_release(&c->down.io);
@@ -142,7 +109,7 @@ static void ward__on_closed(uv_handle_t *h)
     if (--c->handles == 0) ward__conn_free(c);
 }
 
-static void ward__close(ward_conn_t *c, int abortive)
+void ward_conn_close(ward_conn_t *c, int abortive)
 {
     if (c->state == WARD_CS_CLOSING) return;
     c->state = WARD_CS_CLOSING;
@@ -161,11 +128,11 @@ void ward_conn_abort(ward_conn_t *c, const char *why)
 {
     ward_logline_t l;
     if (c->state != WARD_CS_CLOSING && ward_log_begin(&l, WARD_LOG_INFO, "conn_aborted")) {
-        ward__log_conn(&l, c);
+        ward_conn_log_ctx(&l, c);
         ward_log_str(&l, "reason", why);
         ward_log_end(&l);
     }
-    ward__close(c, 1);
+    ward_conn_close(c, 1);
 }
 
 /* --- poll bookkeeping ----------------------------------------------------------------------- */
@@ -181,7 +148,7 @@ static int ward__side_init(ward_conn_t *c, ward_side_t *s, int fd)
     return 0;
 }
 
-static void ward__set_events(ward_side_t *s, unsigned ev)
+void ward_side_set_events(ward_side_t *s, unsigned ev)
 {
     if (s->events == ev || !(s->flags & WARD_SF_POLL)) return;
     s->events = (uint8_t)ev;
@@ -196,9 +163,21 @@ static void ward__timer_start(ward_conn_t *c, uv_timer_cb cb, uint64_t ms)
     uv_timer_start(&c->timer, cb, ms, 0);
 }
 
+/* What s needs from its poll handle to read (want_read) and to write (want_write); TLS may need
+ * the opposite direction to make progress. */
+unsigned ward_side_wanted(const ward_side_t *s, int want_read, int want_write)
+{
+    unsigned ev = 0;
+    if (want_read && !(s->flags & WARD_SF_RD_EOF))
+        ev |= (s->flags & WARD_SF_RD_WANT_W) ? UV_WRITABLE : UV_READABLE;
+    if (want_write || (s->flags & WARD_SF_SHUT_PEND))
+        ev |= (s->flags & WARD_SF_WR_WANT_R) ? UV_READABLE : UV_WRITABLE;
+    return ev;
+}
+
 /* --- byte movement -------------------------------------------------------------------------- */
 
-static ssize_t ward__side_read(ward_side_t *s, char *buf, size_t n)
+ssize_t ward_side_read(ward_side_t *s, char *buf, size_t n)
 {
     if (s->ssl != NULL) {
         ssize_t r = ward_tls_read(s->ssl, buf, n);
@@ -224,25 +203,25 @@ static ssize_t ward__side_read(ward_side_t *s, char *buf, size_t n)
 }
 
 /* Bytes already received from s that no poll event will announce. */
-static int ward__side_buffered(const ward_side_t *s)
+int ward_side_buffered(const ward_side_t *s)
 {
     return s->ssl != NULL && ward_tls_buffered(s->ssl, &s->io);
 }
 
 /* The last read from s found the kernel buffer empty: wait for the poll event rather than spend a
  * system call on EAGAIN. */
-static int ward__side_drained(const ward_side_t *s)
+int ward_side_drained(const ward_side_t *s)
 {
     return s->ssl != NULL ? s->io.drained : (s->flags & WARD_SF_DRAINED) != 0;
 }
 
-static void ward__side_readable(ward_side_t *s)
+void ward_side_readable(ward_side_t *s)
 {
     s->flags &= (uint8_t)~WARD_SF_DRAINED;
     s->io.drained = 0;
 }
 
-static ssize_t ward__side_write(ward_side_t *s, const char *buf, size_t n)
+ssize_t ward_side_write(ward_side_t *s, const char *buf, size_t n)
 {
     if (s->ssl != NULL) {
         ssize_t r = ward_tls_write(s->ssl, buf, n);
@@ -261,7 +240,7 @@ static ssize_t ward__side_write(ward_side_t *s, const char *buf, size_t n)
 }
 
 /* Ends our writing toward s: close_notify (TLS) then FIN. Returns 0, WANT, or ERROR. */
-static int ward__side_shutdown(ward_side_t *s)
+int ward_side_shutdown(ward_side_t *s)
 {
     if (s->ssl != NULL) {
         int r = ward_tls_shutdown(s->ssl);
@@ -288,7 +267,7 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
     for (int round = 0;; round++) {
         ward_chunk_t *b = *bp;
         if (b != NULL && b->off < b->len) {
-            ssize_t n = ward__side_write(dst, b->data + b->off, b->len - b->off);
+            ssize_t n = ward_side_write(dst, b->data + b->off, b->len - b->off);
             if (n == WARD_IO_WANT_READ || n == WARD_IO_WANT_WRITE) return 0;
             if (n < 0) {
                 *failed = dst;
@@ -303,7 +282,7 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
         }
         if (src->flags & WARD_SF_RD_EOF) {
             if (!(dst->flags & WARD_SF_WR_SHUT)) {
-                if (ward__side_shutdown(dst) == WARD_IO_ERROR) {
+                if (ward_side_shutdown(dst) == WARD_IO_ERROR) {
                     *failed = dst;
                     return WARD_IO_ERROR;
                 }
@@ -312,20 +291,18 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
         }
         /* Buffered bytes are always drained (at most one chunk); a new system call only while
          * the round budget lasts and the socket may hold more. */
-        if (!ward__side_buffered(src) && (round >= WARD_PUMP_ROUNDS || ward__side_drained(src)))
+        if (!ward_side_buffered(src) && (round >= WARD_PUMP_ROUNDS || ward_side_drained(src)))
             return 0;
         b = ward_pool_get(&w->pool);
         if (b == NULL) {
             *failed = src;
             return WARD_IO_ERROR;
         }
-        ssize_t n = ward__side_read(src, b->data, WARD_CHUNK_SIZE);
+        ssize_t n = ward_side_read(src, b->data, WARD_CHUNK_SIZE);
         if (n > 0) {
             b->len = (size_t)n;
             *bp = b;
-            c->bytes[flow] += (uint64_t)n;
-            ward_counter_add(&w->stats.bytes[c->dir][flow], (uint64_t)n);
-            c->last_active = uv_now(&w->loop);
+            ward_conn_count_bytes(c, flow, (size_t)n);
             src->flags |= WARD_SF_GOT_BYTES;
             continue;
         }
@@ -344,12 +321,7 @@ static int ward__pump(ward_conn_t *c, ward_side_t *src, ward_side_t *dst, ward_f
  * its outbound chunk (or a close_notify) is pending; TLS may swap either. */
 static unsigned ward__wanted(ward_side_t *s, const ward_chunk_t *from_s, const ward_chunk_t *to_s)
 {
-    unsigned ev = 0;
-    if (!(s->flags & WARD_SF_RD_EOF) && ward_chunk_pending(from_s) == 0)
-        ev |= (s->flags & WARD_SF_RD_WANT_W) ? UV_WRITABLE : UV_READABLE;
-    if (ward_chunk_pending(to_s) > 0 || (s->flags & WARD_SF_SHUT_PEND))
-        ev |= (s->flags & WARD_SF_WR_WANT_R) ? UV_READABLE : UV_WRITABLE;
-    return ev;
+    return ward_side_wanted(s, ward_chunk_pending(from_s) == 0, ward_chunk_pending(to_s) > 0);
 }
 
 static int ward__flow_done(const ward_side_t *src, const ward_side_t *dst, const ward_chunk_t *b)
@@ -367,7 +339,7 @@ static void ward__log_io_error(ward_conn_t *c, ward_side_t *failed)
         const char *detail = NULL;
         ward_tls_reason_t r = ward_tls_classify(failed->ssl, &c->peer, 0, &detail);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_rejected_by_peer")) {
-            ward__log_conn(&l, c);
+            ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", ward_tls_reason_name(r));
             ward_log_str(&l, "detail", detail);
             ward_log_end(&l);
@@ -375,7 +347,7 @@ static void ward__log_io_error(ward_conn_t *c, ward_side_t *failed)
         return;
     }
     if (ward_log_begin(&l, WARD_LOG_DEBUG, "conn_reset")) {
-        ward__log_conn(&l, c);
+        ward_conn_log_ctx(&l, c);
         ward_log_str(&l, "side", failed == &c->down ? "downstream" : "upstream");
         ward_log_end(&l);
     }
@@ -388,7 +360,7 @@ static void ward__proxy(ward_conn_t *c, ward_side_t *fired, int events)
     /* Pump only the directions this event can move: reading from the side that fired, writing to
      * it. `fired` NULL means both (first entry into the phase). */
     int do_up = 1, do_down = 1;
-    if (fired != NULL && (events & (UV_READABLE | UV_DISCONNECT))) ward__side_readable(fired);
+    if (fired != NULL && (events & (UV_READABLE | UV_DISCONNECT))) ward_side_readable(fired);
     if (fired != NULL) {
         int rd = (events & (UV_READABLE | UV_DISCONNECT)) != 0, wr = (events & UV_WRITABLE) != 0;
         int src_up = fired == d, wr_want_r = (fired->flags & WARD_SF_WR_WANT_R) != 0;
@@ -402,16 +374,181 @@ static void ward__proxy(ward_conn_t *c, ward_side_t *fired, int events)
     if ((do_up && ward__pump(c, d, u, WARD_FLOW_TO_UPSTREAM, &failed) < 0) ||
         (do_down && ward__pump(c, u, d, WARD_FLOW_TO_DOWNSTREAM, &failed) < 0)) {
         ward__log_io_error(c, failed);
-        ward__close(c, 1);
+        ward_conn_close(c, 1);
         return;
     }
     if (ward__flow_done(d, u, b[WARD_FLOW_TO_UPSTREAM]) &&
         ward__flow_done(u, d, b[WARD_FLOW_TO_DOWNSTREAM])) {
-        ward__close(c, 0);
+        ward_conn_close(c, 0);
         return;
     }
-    ward__set_events(d, ward__wanted(d, b[WARD_FLOW_TO_UPSTREAM], b[WARD_FLOW_TO_DOWNSTREAM]));
-    ward__set_events(u, ward__wanted(u, b[WARD_FLOW_TO_DOWNSTREAM], b[WARD_FLOW_TO_UPSTREAM]));
+    ward_side_set_events(d, ward__wanted(d, b[WARD_FLOW_TO_UPSTREAM], b[WARD_FLOW_TO_DOWNSTREAM]));
+    ward_side_set_events(u, ward__wanted(u, b[WARD_FLOW_TO_DOWNSTREAM], b[WARD_FLOW_TO_UPSTREAM]));
+}
+
+/* --- services for the codecs ------------------------------------------------------------ */
+
+const char *ward_proto_name(ward_proto_t p)
+{
+    static const char *const names[] = {"tcp", "http1", "http2"};
+    return (unsigned)p < WARD_PROTO_COUNT ? names[p] : "tcp";
+}
+
+const char *ward_proto_alpn(ward_proto_t p)
+{
+    static const char *const names[] = {"ward-tcp", "http/1.1", "h2"};
+    return (unsigned)p < WARD_PROTO_COUNT ? names[p] : "ward-tcp";
+}
+
+void ward_conn_touch(ward_conn_t *c)
+{
+    c->last_active = uv_now(&c->w->loop);
+}
+
+void ward_conn_count_bytes(ward_conn_t *c, ward_flow_t flow, size_t n)
+{
+    c->bytes[flow] += (uint64_t)n;
+    ward_counter_add(&c->w->stats.bytes[c->dir][flow], (uint64_t)n);
+    c->last_active = uv_now(&c->w->loop);
+}
+
+int ward_outq_append(ward_conn_t *c, ward_outq_t *q, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ward_chunk_t *t = q->tail;
+        if (t == NULL || t->len == WARD_CHUNK_SIZE) {
+            t = ward_pool_get(&c->w->pool);
+            if (t == NULL) return WARD_ENOMEM;
+            t->next = NULL;
+            if (q->tail != NULL)
+                q->tail->next = t;
+            else
+                q->head = t;
+            q->tail = t;
+        }
+        size_t n = WARD_CHUNK_SIZE - t->len;
+        if (n > len) n = len;
+        memcpy(t->data + t->len, p, n);
+        t->len += n;
+        p += n;
+        len -= n;
+        q->bytes += n;
+    }
+    return 0;
+}
+
+int ward_outq_flush(ward_conn_t *c, ward_outq_t *q, ward_side_t *s, ward_flow_t flow)
+{
+    while (q->head != NULL) {
+        ward_chunk_t *h = q->head;
+        if (h->off < h->len) {
+            ssize_t n = ward_side_write(s, h->data + h->off, h->len - h->off);
+            if (n == WARD_IO_WANT_READ || n == WARD_IO_WANT_WRITE) return (int)n;
+            if (n <= 0) return WARD_IO_ERROR;
+            h->off += (size_t)n;
+            q->bytes -= (size_t)n;
+            ward_conn_count_bytes(c, flow, (size_t)n);
+            if (h->off < h->len) continue;
+        }
+        q->head = h->next;
+        if (q->head == NULL) q->tail = NULL;
+        ward_pool_put(&c->w->pool, h);
+    }
+    return 0;
+}
+
+void ward_outq_clear(ward_conn_t *c, ward_outq_t *q)
+{
+    while (q->head != NULL) {
+        ward_chunk_t *h = q->head;
+        q->head = h->next;
+        ward_pool_put(&c->w->pool, h);
+    }
+    q->tail = NULL;
+    q->bytes = 0;
+}
+
+/* The worker's view of the current policy: refreshed when the store's generation moved. */
+static const ward_authz_t *ward__authz(ward_worker_t *w)
+{
+    ward_policy_store_t *ps = w->shared->policy;
+    uint64_t gen = ward_policy_store_gen(ps);
+    if (w->authz == NULL || gen != w->authz_gen) {
+        ward_authz_unref(w->authz);
+        w->authz = ward_policy_store_get(ps);
+        w->authz_gen = gen;
+    }
+    return w->authz;
+}
+
+ward_authz_decision_t ward_conn_authorize(ward_conn_t *c, ward_authz_request_t *req,
+                                          ward_authz_result_t *res)
+{
+    ward_worker_t *w = c->w;
+    ward_logline_t l;
+    time_t now = time(NULL);
+    req->peer_id = c->peer.peer_id;
+    req->port = c->port;
+    req->source =
+        c->peer_addr.ss_family != AF_UNSPEC ? (const struct sockaddr *)&c->peer_addr : NULL;
+    req->hour = (int)((now % 86400) / 3600);
+    ward_authz_eval(ward__authz(w), req, res);
+    ward_stats_count_decision(&w->stats, (ward_dir_t)c->dir, res->decision == WARD_AUTHZ_ALLOW,
+                              res->policy, c->peer.peer_id);
+    int denied = res->decision != WARD_AUTHZ_ALLOW;
+    if ((denied || res->audit_policy != NULL) &&
+        ward_log_begin(&l, denied ? WARD_LOG_WARN : WARD_LOG_INFO,
+                       denied ? (req->method ? "request_denied" : "connection_denied")
+                              : "request_audited")) {
+        ward_conn_log_ctx(&l, c);
+        ward_log_str(&l, "reason", denied ? "policy_denied" : "audit");
+        ward_log_str(&l, "decision_reason", res->reason);
+        if (res->policy) ward_log_str(&l, "policy", res->policy);
+        if (res->rule >= 0) ward_log_u64(&l, "rule", (uint64_t)res->rule);
+        if (res->audit_policy) ward_log_str(&l, "audit_policy", res->audit_policy);
+        ward_log_u64(&l, "port", c->port);
+        if (req->method) {
+            ward_log_str(&l, "method", req->method);
+            char path[512];
+            size_t n = req->path_len < sizeof(path) - 1 ? req->path_len : sizeof(path) - 1;
+            memcpy(path, req->path, n);
+            path[n] = '\0';
+            ward_log_str(&l, "path", path);
+        }
+        ward_log_end(&l);
+    }
+    return res->decision;
+}
+
+void ward_conn_count_request(ward_conn_t *c, ward_req_proto_t proto, unsigned status)
+{
+    unsigned cls = status >= 100 && status < 600 ? status / 100 : 0;
+    if ((unsigned)proto >= WARD_REQ_COUNT) proto = WARD_REQ_HTTP1;
+    ward_counter_add(&c->w->stats.requests[c->dir][proto][cls], 1);
+}
+
+const char *ward_conn_xfcc(ward_conn_t *c)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (c->xfcc != NULL) return c->xfcc;
+    ward_side_t *t = ward__tls_side(c);
+    uint8_t h[32];
+    if (c->peer.peer_id == NULL || t->ssl == NULL || ward_tls_peer_cert_sha256(t->ssl, h) < 0)
+        return NULL;
+    const char *self = ward_identity_spiffe_id(c->ident);
+    size_t n = 3 + strlen(self) + 6 + 64 + 5 + strlen(c->peer.peer_id) + 1;
+    char *v = ward_malloc(n);
+    if (v == NULL) return NULL;
+    char digest[65];
+    for (int i = 0; i < 32; i++) {
+        digest[2 * i] = hex[h[i] >> 4];
+        digest[2 * i + 1] = hex[h[i] & 15];
+    }
+    digest[64] = '\0';
+    snprintf(v, n, "By=%s;Hash=%s;URI=%s", self, digest, c->peer.peer_id);
+    c->xfcc = v;
+    return v;
 }
 
 /* --- phases --------------------------------------------------------------------------------- */
@@ -434,6 +571,17 @@ static void ward__start_proxying(ward_conn_t *c)
     c->state = WARD_CS_PROXYING;
     c->last_active = uv_now(&c->w->loop);
     ward__timer_start(c, ward__on_idle_timer, c->w->shared->cfg->idle_timeout_ms);
+    ward_counter_add(&c->w->stats.protocols[c->dir][c->proto], 1);
+    if (c->codec != NULL) {
+        int rc = c->codec->start(c);
+        if (rc < 0) ward_conn_abort(c, ward_strerror(rc));
+        return;
+    }
+    /* Opaque: what was read while choosing the protocol is the first chunk toward upstream. */
+    if (c->pre != NULL && c->pre->len > 0) {
+        c->buf[WARD_FLOW_TO_UPSTREAM] = c->pre;
+        c->pre = NULL;
+    }
     ward__proxy(c, NULL, 0);
 }
 
@@ -444,7 +592,7 @@ static void ward__on_phase_timeout(uv_timer_t *t)
     if (c->state == WARD_CS_HANDSHAKE) {
         ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_TIMEOUT], 1);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
-            ward__log_conn(&l, c);
+            ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", "timeout");
             ward_log_str(&l, "detail", "TLS handshake did not complete in time");
             ward_log_end(&l);
@@ -452,15 +600,143 @@ static void ward__on_phase_timeout(uv_timer_t *t)
     } else {
         ward_counter_add(&c->w->stats.upstream_connect_failures[c->dir], 1);
         if (ward_log_begin(&l, WARD_LOG_WARN, "upstream_connect_failed")) {
-            ward__log_conn(&l, c);
+            ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "error", "connect timeout");
             ward_log_end(&l);
         }
     }
-    ward__close(c, 1);
+    ward_conn_close(c, 1);
 }
 
 static void ward__connect_upstream(ward_conn_t *c);
+static void ward__start_handshake(ward_conn_t *c);
+
+/* The protocol is known: outbound connects to the peer sidecar offering it as ALPN; inbound
+ * decides an opaque connection now (HTTP is decided per request by the codec), then connects to
+ * the app. */
+static void ward__protocol_chosen(ward_conn_t *c, ward_proto_t proto)
+{
+    uv_timer_stop(&c->timer);
+    ward_side_set_events(&c->down, 0);
+    if (c->pre != NULL && c->pre->len == 0) {
+        ward_pool_put(&c->w->pool, c->pre);
+        c->pre = NULL;
+    }
+    c->proto = (uint8_t)proto;
+    if (c->dir == WARD_DIR_OUTBOUND) {
+        c->peer.alpn = ward_proto_alpn(proto);
+        ward__connect_upstream(c);
+        return;
+    }
+    if (proto == WARD_PROTO_HTTP1 && &ward_codec_http1 != NULL) {
+        c->codec = &ward_codec_http1;
+    } else if (proto == WARD_PROTO_HTTP2 && &ward_codec_http2 != NULL) {
+        c->codec = &ward_codec_http2;
+    } else {
+        c->proto = WARD_PROTO_TCP;
+        ward_authz_request_t req = {0};
+        ward_authz_result_t res;
+        if (ward_conn_authorize(c, &req, &res) != WARD_AUTHZ_ALLOW) {
+            ward_conn_close(c, 0);
+            return;
+        }
+    }
+    ward__connect_upstream(c);
+}
+
+static int ward__server_first(const ward_conn_t *c)
+{
+    const ward_config_t *cfg = c->w->shared->cfg;
+    for (size_t i = 0; i < cfg->nserver_first_ports; i++)
+        if (cfg->server_first_ports[i] == c->port) return 1;
+    return 0;
+}
+
+/* Classifies the first bytes a client sent. Returns 1 with *out set once decided, 0 while the
+ * bytes seen so far are a prefix of something recognised. */
+static int ward__sniff(const char *p, size_t n, ward_proto_t *out)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    static const char *const methods[] = {"GET ",     "HEAD ",  "POST ",    "PUT ",  "DELETE ",
+                                          "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
+    const size_t plen = sizeof(preface) - 1;
+    int maybe = 0;
+    if (n == 0) return 0;
+    if (memcmp(p, preface, n < plen ? n : plen) == 0) {
+        if (n < plen) return 0;
+        *out = WARD_PROTO_HTTP2;
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        size_t ml = strlen(methods[i]);
+        if (memcmp(p, methods[i], n < ml ? n : ml) != 0) continue;
+        if (n >= ml) {
+            *out = WARD_PROTO_HTTP1;
+            return 1;
+        }
+        maybe = 1;
+    }
+    if (maybe) return 0;
+    *out = WARD_PROTO_TCP;
+    return 1;
+}
+
+/* Reads the client's first bytes (plain app on outbound, decrypted on inbound) into c->pre until
+ * ward__sniff decides. */
+static void ward__sniff_step(ward_conn_t *c)
+{
+    ward_side_t *d = &c->down;
+    ward_proto_t proto;
+    for (;;) {
+        if (c->pre != NULL && ward__sniff(c->pre->data, c->pre->len, &proto)) {
+            ward__protocol_chosen(c, proto);
+            return;
+        }
+        if ((d->flags & WARD_SF_RD_EOF) || (c->pre != NULL && c->pre->len == WARD_CHUNK_SIZE)) {
+            ward__protocol_chosen(c, WARD_PROTO_TCP);
+            return;
+        }
+        if (c->pre == NULL && (c->pre = ward_pool_get(&c->w->pool)) == NULL) {
+            ward_conn_abort(c, "out of memory while sniffing");
+            return;
+        }
+        ssize_t n = ward_side_read(d, c->pre->data + c->pre->len, WARD_CHUNK_SIZE - c->pre->len);
+        if (n > 0) {
+            c->pre->len += (size_t)n;
+            ward_conn_count_bytes(c, WARD_FLOW_TO_UPSTREAM, (size_t)n);
+            d->flags |= WARD_SF_GOT_BYTES;
+            continue;
+        }
+        if (n == WARD_IO_EOF) {
+            d->flags |= WARD_SF_RD_EOF;
+            continue;
+        }
+        if (n == WARD_IO_WANT_READ || n == WARD_IO_WANT_WRITE) {
+            ward_side_set_events(d, ward_side_wanted(d, 1, 0));
+            return;
+        }
+        ward__log_io_error(c, d);
+        ward_conn_close(c, 1);
+        return;
+    }
+}
+
+static void ward__on_sniff_timeout(uv_timer_t *t)
+{
+    /* The client has not spoken: a server-speaks-first protocol, carried opaque. */
+    ward__protocol_chosen(t->data, WARD_PROTO_TCP);
+}
+
+static void ward__start_sniffing(ward_conn_t *c)
+{
+    if (ward__server_first(c)) {
+        ward__protocol_chosen(c, WARD_PROTO_TCP);
+        return;
+    }
+    c->state = WARD_CS_SNIFFING;
+    ward__timer_start(c, ward__on_sniff_timeout, c->w->shared->cfg->sniff_timeout_ms);
+    ward__sniff_step(c);
+}
 
 static int ward__new_session(ward_tls_peer_t *peer, SSL_SESSION *sess)
 {
@@ -481,7 +757,7 @@ static void ward__handshake(ward_conn_t *c)
 
     int r = ward_tls_handshake(t->ssl, &c->peer, &reason, &detail);
     if (r == WARD_IO_WANT_READ || r == WARD_IO_WANT_WRITE) {
-        ward__set_events(t, r == WARD_IO_WANT_READ ? UV_READABLE : UV_WRITABLE);
+        ward_side_set_events(t, r == WARD_IO_WANT_READ ? UV_READABLE : UV_WRITABLE);
         return;
     }
     if (r == 1 && ward_tls_finish(t->ssl, &c->peer) < 0) {
@@ -492,28 +768,39 @@ static void ward__handshake(ward_conn_t *c)
     if (r != 1) {
         ward_counter_add(&c->w->stats.handshakes[c->dir][reason], 1);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
-            ward__log_conn(&l, c);
+            ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", ward_tls_reason_name(reason));
             ward_log_str(&l, "detail", detail);
             ward_log_end(&l);
         }
-        ward__close(c, 0);
+        ward_conn_close(c, 0);
         return;
     }
     ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_NONE], 1);
     int resumed = ward_tls_session_reused(t->ssl);
     if (resumed) ward_counter_add(&c->w->stats.resumed[c->dir], 1);
+    const char *alpn = ward_tls_alpn(t->ssl);
     if (ward_log_begin(&l, WARD_LOG_DEBUG, "handshake_ok")) {
-        ward__log_conn(&l, c);
+        ward_conn_log_ctx(&l, c);
         ward_log_str(&l, "tls_version", ward_tls_version(t->ssl));
+        ward_log_str(&l, "alpn", alpn ? alpn : "");
         ward_log_u64(&l, "resumed", (uint64_t)resumed);
         ward_log_end(&l);
     }
-    ward__set_events(t, 0);
-    if (c->dir == WARD_DIR_INBOUND)
-        ward__connect_upstream(c);
-    else
+    ward_side_set_events(t, 0);
+    if (c->dir == WARD_DIR_OUTBOUND) {
         ward__start_proxying(c);
+        return;
+    }
+    /* Inbound: the caller's sidecar said what it carries; a client without ALPN is sniffed. */
+    if (alpn == NULL)
+        ward__start_sniffing(c);
+    else if (strcmp(alpn, "h2") == 0)
+        ward__protocol_chosen(c, WARD_PROTO_HTTP2);
+    else if (strcmp(alpn, "http/1.1") == 0)
+        ward__protocol_chosen(c, WARD_PROTO_HTTP1);
+    else
+        ward__protocol_chosen(c, WARD_PROTO_TCP);
 }
 
 static void ward__start_handshake(ward_conn_t *c)
@@ -544,11 +831,11 @@ static void ward__connect_failed(ward_conn_t *c, int err)
     ward_logline_t l;
     ward_counter_add(&c->w->stats.upstream_connect_failures[c->dir], 1);
     if (ward_log_begin(&l, WARD_LOG_WARN, "upstream_connect_failed")) {
-        ward__log_conn(&l, c);
+        ward_conn_log_ctx(&l, c);
         ward_log_str(&l, "error", strerror(err));
         ward_log_end(&l);
     }
-    ward__close(c, 1);
+    ward_conn_close(c, 1);
 }
 
 static void ward__connect_done(ward_conn_t *c)
@@ -560,7 +847,7 @@ static void ward__connect_done(ward_conn_t *c)
         ward__connect_failed(c, err);
         return;
     }
-    ward__set_events(&c->up, 0);
+    ward_side_set_events(&c->up, 0);
     if (c->dir == WARD_DIR_OUTBOUND)
         ward__start_handshake(c);
     else
@@ -589,7 +876,7 @@ static void ward__connect_upstream(ward_conn_t *c)
         ward__connect_failed(c, errno);
         return;
     }
-    ward__set_events(&c->up, UV_WRITABLE);
+    ward_side_set_events(&c->up, UV_WRITABLE);
 }
 
 static void ward__on_io(uv_poll_t *h, int status, int events)
@@ -607,12 +894,27 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
     case WARD_CS_HANDSHAKE:
         if (s == ward__tls_side(c)) ward__handshake(c);
         break;
+    case WARD_CS_SNIFFING:
+        if (s == &c->down) {
+            if (events & (UV_READABLE | UV_DISCONNECT)) ward_side_readable(s);
+            ward__sniff_step(c);
+        }
+        break;
     case WARD_CS_PROXYING:
-        ward__proxy(c, s, events);
+        if (c->codec != NULL)
+            c->codec->on_io(c, s, events);
+        else
+            ward__proxy(c, s, events);
         break;
     default:
         break;
     }
+}
+
+void ward_conn_drain(ward_conn_t *c)
+{
+    if (c->state == WARD_CS_PROXYING && c->codec != NULL && c->codec->drain != NULL)
+        c->codec->drain(c);
 }
 
 void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_index, int fd)
@@ -628,10 +930,14 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
     c->map = map;
     c->map_index = (uint32_t)map_index;
     c->dir = (uint8_t)map->dir;
+    c->port = ward_addr_port(&map->target);
     c->id = atomic_fetch_add_explicit(&w->shared->next_conn_id, 1, memory_order_relaxed) + 1;
     c->started = c->last_active = uv_now(&w->loop);
     c->up.fd = -1;
     c->down.fd = -1;
+    socklen_t sl = sizeof(c->peer_addr);
+    if (getpeername(fd, (struct sockaddr *)&c->peer_addr, &sl) != 0)
+        c->peer_addr.ss_family = AF_UNSPEC;
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->handles = 1;
@@ -646,7 +952,7 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
         /* Agent mode, never bootstrapped: no identity, no traffic. */
         ward_counter_add(&w->stats.refused_no_identity[c->dir], 1);
         close(fd);
-        ward__close(c, 0);
+        ward_conn_close(c, 0);
         return;
     }
 
@@ -659,5 +965,5 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
     if (c->dir == WARD_DIR_INBOUND)
         ward__start_handshake(c);
     else
-        ward__connect_upstream(c);
+        ward__start_sniffing(c);
 }

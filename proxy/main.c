@@ -10,6 +10,7 @@
 #include "agent_client.h"
 #include "config.h"
 #include "identity_store.h"
+#include "policy_store.h"
 #include "worker.h"
 #include "ward/alloc.h"
 #include "ward/err.h"
@@ -20,6 +21,7 @@ typedef struct {
     uv_loop_t *loop;
     ward_config_t cfg;
     ward_identity_store_t store;
+    ward_policy_store_t policy;
     ward_main_stats_t stats;
     ward_shared_t shared;
     ward_worker_t *workers;
@@ -41,13 +43,14 @@ static int ward__is_ready(void *ctx);
 static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
 {
     ward_proxy_t *p = ctx;
-    const ward_stats_t *stats[256];
+    ward_stats_t *stats[256];
     for (unsigned i = 0; i < p->nworkers; i++)
         stats[i] = &p->workers[i].stats;
     ward_identity_t *id = ward_identity_store_get(&p->store);
     int rc =
         ward_stats_render(out, stats, p->nworkers, &p->stats, id ? ward_identity_not_after(id) : 0);
     ward_identity_unref(id);
+    if (rc == 0) rc = ward_policy_store_metrics(&p->policy, out);
     if (rc == 0 && p->agent_mode) rc = ward_agent_client_metrics(&p->agent, out);
     return rc;
 }
@@ -104,11 +107,7 @@ static int ward__render_page(void *ctx, const char *path, ward_strbuf_t *out)
 {
     ward_proxy_t *p = ctx;
     if (strcmp(path, "/identity") == 0) return ward__render_identity(p, out);
-    if (strcmp(path, "/policy") == 0) {
-        if (p->agent_mode) return ward_agent_client_policy_json(&p->agent, out);
-        /* Without an agent there is no policy source yet (--policy comes with issue 4). */
-        return ward_strbuf_printf(out, "{\"source\":\"none\",\"version\":0,\"policies\":[]}\n");
-    }
+    if (strcmp(path, "/policy") == 0) return ward_policy_store_json(&p->policy, out);
     return 1;
 }
 
@@ -134,6 +133,7 @@ static void ward__stop_everything(ward_proxy_t *p)
     ward_admin_stop(&p->admin);
     if (p->agent_mode) ward_agent_client_stop(&p->agent);
     ward_identity_store_stop(&p->store);
+    ward_policy_store_stop(&p->policy);
     uv_close((uv_handle_t *)&p->drained_async, NULL);
     uv_close((uv_handle_t *)&p->sig_term, NULL);
     uv_close((uv_handle_t *)&p->sig_int, NULL);
@@ -164,8 +164,9 @@ static void ward__on_signal(uv_signal_t *s, int signum)
 {
     ward_proxy_t *p = s->data;
     if (signum == SIGHUP) {
-        ward_log_msg(WARD_LOG_INFO, "sighup", "reloading identity files");
+        ward_log_msg(WARD_LOG_INFO, "sighup", "reloading identity and policy files");
         ward_identity_store_check(&p->store, 1);
+        ward_policy_store_check(&p->policy, 1);
         return;
     }
     if (p->draining) {
@@ -240,9 +241,22 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    rc = ward_policy_store_init(&p.policy,
+                                p.agent_mode        ? "agent"
+                                : p.cfg.policy_path ? "file"
+                                                    : "flags",
+                                p.cfg.policy_path, p.cfg.mesh_default, &p.store, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "ward-proxy: policy: %s\n", err);
+        ward_identity_store_destroy(&p.store);
+        ward_config_free(&p.cfg);
+        return 2;
+    }
+
     p.loop = uv_default_loop();
     p.shared.cfg = &p.cfg;
     p.shared.store = &p.store;
+    p.shared.policy = &p.policy;
     p.shared.worker_drained = &p.drained_async;
     uv_async_init(p.loop, &p.drained_async, ward__on_drained);
     p.drained_async.data = &p;
@@ -288,7 +302,8 @@ int main(int argc, char **argv)
         }
     }
     if (p.agent_mode) {
-        if (ward_agent_client_start(&p.agent, p.loop, &p.cfg, &p.store, err, sizeof(err)) < 0) {
+        if (ward_agent_client_start(&p.agent, p.loop, &p.cfg, &p.store, &p.policy, err,
+                                    sizeof(err)) < 0) {
             fprintf(stderr, "ward-proxy: --agent: %s\n", err);
             for (unsigned k = 0; k < p.nworkers; k++)
                 ward_worker_destroy(&p.workers[k]);
@@ -297,6 +312,7 @@ int main(int argc, char **argv)
         }
     } else {
         ward_identity_store_watch(&p.store, p.loop, p.cfg.reload_interval_ms);
+        ward_policy_store_watch(&p.policy, p.loop, p.cfg.reload_interval_ms);
     }
     for (unsigned i = 0; i < p.nworkers; i++) {
         rc = ward_worker_start(&p.workers[i]);
@@ -318,6 +334,7 @@ int main(int argc, char **argv)
     ward_log_msg(WARD_LOG_INFO, "exited", "shutdown complete");
 out:
     ward_free(p.workers);
+    ward_policy_store_destroy(&p.policy);
     ward_identity_store_destroy(&p.store);
     ward_config_free(&p.cfg);
     uv_loop_close(uv_default_loop());

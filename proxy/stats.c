@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -20,9 +21,8 @@
 
 /* One metric family labelled by direction: the per-direction counter array at byte offset off of
  * ward_stats_t, summed over the workers. */
-static int ward__per_direction(ward_strbuf_t *o, const ward_stats_t *const *workers,
-                               size_t nworkers, const char *name, const char *type,
-                               const char *help, size_t off)
+static int ward__per_direction(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers,
+                               const char *name, const char *type, const char *help, size_t off)
 {
     int rc = ward_strbuf_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     for (int d = 0; d < WARD_DIR_COUNT; d++) {
@@ -35,7 +35,152 @@ static int ward__per_direction(ward_strbuf_t *o, const ward_stats_t *const *work
     return rc;
 }
 
-int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size_t nworkers,
+/* --- authorization decisions -------------------------------------------------------------- */
+
+void ward_stats_init(ward_stats_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    pthread_mutex_init(&s->decisions.mu, NULL);
+}
+
+void ward_stats_destroy(ward_stats_t *s)
+{
+    ward_decision_table_t *t = &s->decisions;
+    if (t->slots != NULL) {
+        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
+            ward_free(t->slots[i].policy);
+            ward_free(t->slots[i].peer);
+        }
+        ward_free(t->slots);
+        t->slots = NULL;
+    }
+    pthread_mutex_destroy(&t->mu);
+}
+
+static uint64_t ward__fnv(uint64_t h, const char *s)
+{
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
+    return (h ^ 0xff) * 0x100000001b3ull;
+}
+
+static char *ward__dup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = ward_malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+void ward_stats_count_decision(ward_stats_t *s, ward_dir_t dir, int allow, const char *policy,
+                               const char *peer)
+{
+    ward_decision_table_t *t = &s->decisions;
+    if (policy == NULL) policy = "";
+    if (peer == NULL) peer = "";
+    for (int attempt = 0; attempt < 2; attempt++) {
+        uint64_t h = ward__fnv(
+            ward__fnv(0xcbf29ce484222325ull ^ (uint64_t)(dir * 2 + !!allow), policy), peer);
+        if (t->slots == NULL) {
+            ward_decision_entry_t *slots = ward_calloc(WARD_DECISION_SLOTS, sizeof(*slots));
+            if (slots == NULL) return;
+            pthread_mutex_lock(&t->mu);
+            t->slots = slots;
+            pthread_mutex_unlock(&t->mu);
+        }
+        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
+            ward_decision_entry_t *e = &t->slots[(h + i) & (WARD_DECISION_SLOTS - 1)];
+            if (!e->used) {
+                if (t->count >= WARD_DECISION_SLOTS / 2 && strcmp(peer, "_other") != 0) break;
+                char *pol = ward__dup(policy), *pe = ward__dup(peer);
+                if (pol == NULL || pe == NULL) {
+                    ward_free(pol);
+                    ward_free(pe);
+                    return;
+                }
+                pthread_mutex_lock(&t->mu);
+                e->policy = pol;
+                e->peer = pe;
+                e->hash = h;
+                e->dir = (uint8_t)dir;
+                e->allow = (uint8_t) !!allow;
+                e->used = 1;
+                t->count++;
+                pthread_mutex_unlock(&t->mu);
+                ward_counter_add(&e->n, 1);
+                return;
+            }
+            if (e->hash == h && e->dir == dir && e->allow == !!allow &&
+                strcmp(e->policy, policy) == 0 && strcmp(e->peer, peer) == 0) {
+                ward_counter_add(&e->n, 1);
+                return;
+            }
+        }
+        peer = "_other"; /* table full: fold into one series */
+    }
+}
+
+typedef struct {
+    const char *policy, *peer;
+    uint8_t dir, allow;
+    uint64_t n;
+} ward__row_t;
+
+static int ward__row_cmp(const void *a, const void *b)
+{
+    const ward__row_t *x = a, *y = b;
+    if (x->dir != y->dir) return x->dir < y->dir ? -1 : 1;
+    if (x->allow != y->allow) return x->allow < y->allow ? -1 : 1;
+    int c = strcmp(x->policy, y->policy);
+    return c ? c : strcmp(x->peer, y->peer);
+}
+
+/* Sums the workers' decision tables (same label set -> one series). */
+static int ward__render_decisions(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers)
+{
+    int rc = ward_strbuf_printf(o, "# HELP ward_authz_decisions_total Authorization decisions by "
+                                   "direction, decision, deciding policy and peer identity.\n"
+                                   "# TYPE ward_authz_decisions_total counter\n");
+    size_t cap = 0, n = 0;
+    for (size_t w = 0; w < nworkers; w++)
+        cap += WARD_DECISION_SLOTS;
+    ward__row_t *rows = ward_malloc(cap * sizeof(*rows));
+    if (rows == NULL) return WARD_ENOMEM;
+    for (size_t w = 0; w < nworkers; w++)
+        pthread_mutex_lock(&workers[w]->decisions.mu);
+    for (size_t w = 0; w < nworkers; w++) {
+        const ward_decision_table_t *t = &workers[w]->decisions;
+        if (t->slots == NULL) continue;
+        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
+            const ward_decision_entry_t *e = &t->slots[i];
+            if (!e->used) continue;
+            rows[n++] =
+                (ward__row_t){e->policy, e->peer, e->dir, e->allow, ward_counter_get(&e->n)};
+        }
+    }
+    qsort(rows, n, sizeof(*rows), ward__row_cmp);
+    for (size_t i = 0; i < n;) {
+        uint64_t sum = 0;
+        size_t j = i;
+        for (; j < n && ward__row_cmp(&rows[i], &rows[j]) == 0; j++)
+            sum += rows[j].n;
+        rc |= ward_strbuf_printf(o,
+                                 "ward_authz_decisions_total{direction=\"%s\",decision=\"%s\","
+                                 "policy=",
+                                 ward_dir_name(rows[i].dir), rows[i].allow ? "allow" : "deny");
+        rc |= ward_strbuf_label(o, rows[i].policy);
+        rc |= ward_strbuf_printf(o, ",peer_identity=");
+        rc |= ward_strbuf_label(o, rows[i].peer);
+        rc |= ward_strbuf_printf(o, "} %llu\n", (unsigned long long)sum);
+        i = j;
+    }
+    for (size_t w = 0; w < nworkers; w++)
+        pthread_mutex_unlock(&workers[w]->decisions.mu);
+    ward_free(rows);
+    return rc;
+}
+
+int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers,
                       const ward_main_stats_t *ms, int64_t cert_not_after)
 {
     int rc = 0;
@@ -86,6 +231,32 @@ int ward_stats_render(ward_strbuf_t *o, const ward_stats_t *const *workers, size
                              "# TYPE ward_accept_paused_total counter\n"
                              "ward_accept_paused_total %llu\n",
                              (unsigned long long)SUM(accept_paused_fds));
+    static const char *const protos[] = {"tcp", "http1", "http2"};
+    static const char *const req_protos[] = {"http1", "http2", "grpc"};
+    static const char *const classes[] = {"none", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    rc |= ward_strbuf_printf(o, "# HELP ward_connections_by_protocol_total Connections by the "
+                                "protocol they carried (ALPN or sniffed).\n"
+                                "# TYPE ward_connections_by_protocol_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        for (int p = 0; p < 3; p++)
+            rc |= ward_strbuf_printf(
+                o, "ward_connections_by_protocol_total{direction=\"%s\",protocol=\"%s\"} %llu\n",
+                ward_dir_name(d), protos[p], (unsigned long long)SUM(protocols[d][p]));
+    rc |= ward_strbuf_printf(o, "# HELP ward_requests_total HTTP requests finished, by protocol "
+                                "and response status class (none: no response).\n"
+                                "# TYPE ward_requests_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        for (int p = 0; p < WARD_REQ_PROTOS; p++)
+            for (int k = 0; k < 6; k++) {
+                uint64_t v = SUM(requests[d][p][k]);
+                if (v == 0 && (k == 0 || k == 1 || k == 3)) continue;
+                rc |= ward_strbuf_printf(o,
+                                         "ward_requests_total{direction=\"%s\",protocol=\"%s\","
+                                         "status_class=\"%s\"} %llu\n",
+                                         ward_dir_name(d), req_protos[p], classes[k],
+                                         (unsigned long long)v);
+            }
+    rc |= ward__render_decisions(o, workers, nworkers);
     rc |= ward_strbuf_printf(
         o,
         "# HELP ward_cert_expiry_timestamp_seconds notAfter of the current leaf certificate.\n"

@@ -4,6 +4,7 @@
 #ifndef WARD_PROXY_STATS_H
 #define WARD_PROXY_STATS_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -34,6 +35,28 @@ static inline uint64_t ward_counter_get(const ward_counter_t *c)
 
 typedef enum { WARD_FLOW_TO_UPSTREAM = 0, WARD_FLOW_TO_DOWNSTREAM = 1 } ward_flow_t;
 
+/* ward_authz_decisions_total{direction,decision,policy,peer_identity}: labels known only at run
+ * time, so a small open-addressing table per worker. The owning worker looks entries up without a
+ * lock (it is the only writer) and inserts under `mu`; the scraper reads under `mu`. Bounded: past
+ * WARD_DECISION_SLOTS/2 distinct label sets, new ones are counted under peer_identity="_other". */
+#define WARD_DECISION_SLOTS 1024
+typedef struct {
+    char *policy; /* "ns/name", "mesh-default" or "" (owned) */
+    char *peer;   /* peer SPIFFE id, "" when unauthenticated, "_other" (owned) */
+    uint64_t hash;
+    uint8_t dir, allow, used;
+    ward_counter_t n;
+} ward_decision_entry_t;
+
+typedef struct {
+    pthread_mutex_t mu;
+    ward_decision_entry_t *slots; /* WARD_DECISION_SLOTS, allocated on first use */
+    size_t count;
+} ward_decision_table_t;
+
+/* Requests by ward_req_proto_t (http1, http2, grpc) and status class (0 = no response, 1..5). */
+#define WARD_REQ_PROTOS 3
+
 typedef struct {
     /* reason NONE = success */
     ward_counter_t handshakes[WARD_DIR_COUNT][WARD_REASON_COUNT];
@@ -45,7 +68,16 @@ typedef struct {
     ward_counter_t timeouts[WARD_DIR_COUNT];
     ward_counter_t refused_no_identity[WARD_DIR_COUNT];
     ward_counter_t accept_paused_fds;
+    ward_counter_t protocols[WARD_DIR_COUNT][3]; /* connections by ward_proto_t */
+    ward_counter_t requests[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
+    ward_decision_table_t decisions;
 } ward_stats_t;
+
+void ward_stats_init(ward_stats_t *s);
+void ward_stats_destroy(ward_stats_t *s);
+/* Counts one authorization decision (worker thread only). policy and peer may be NULL. */
+void ward_stats_count_decision(ward_stats_t *s, ward_dir_t dir, int allow, const char *policy,
+                               const char *peer);
 
 /* Process-wide values owned by the main thread. */
 typedef struct {
@@ -55,7 +87,7 @@ typedef struct {
 
 /* Appends the Prometheus text exposition of the summed worker stats to out.
  * Returns 0 or WARD_ENOMEM. */
-int ward_stats_render(ward_strbuf_t *out, const ward_stats_t *const *workers, size_t nworkers,
+int ward_stats_render(ward_strbuf_t *out, ward_stats_t *const *workers, size_t nworkers,
                       const ward_main_stats_t *main_stats, int64_t cert_not_after);
 
 #endif

@@ -43,6 +43,7 @@ int ward_worker_init(ward_worker_t *w, unsigned index, ward_shared_t *shared, ch
     memset(w, 0, sizeof(*w));
     w->index = index;
     w->shared = shared;
+    ward_stats_init(&w->stats);
     ward_pool_init(&w->pool, WARD_POOL_MAX_FREE);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0) {
@@ -200,6 +201,8 @@ static void ward__on_cmd(uv_async_t *a)
     if (cmd & WARD_CMD_DRAIN && !w->draining) {
         w->draining = 1;
         ward__close_listeners(w);
+        for (ward_conn_t *c = w->conns; c != NULL; c = ward_conn_next(c))
+            ward_conn_drain(c);
     }
     if (cmd & WARD_CMD_FORCE_CLOSE) {
         w->draining = 1;
@@ -267,5 +270,8 @@ void ward_worker_destroy(ward_worker_t *w)
     ward_free(w->listeners);
     ward_free(w->sessions);
     ward_pool_destroy(&w->pool);
+    ward_authz_unref(w->authz);
+    w->authz = NULL;
+    ward_stats_destroy(&w->stats);
     uv_loop_close(&w->loop);
 }

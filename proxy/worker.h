@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "identity_store.h"
+#include "policy_store.h"
 #include "stats.h"
 #include "ward/buf.h"
 
@@ -35,6 +36,7 @@ typedef struct {
 typedef struct {
     const ward_config_t *cfg;
     ward_identity_store_t *store;
+    ward_policy_store_t *policy;
     atomic_uint_fast64_t next_conn_id;
     /* --max-connections is process-wide: one atomic add/sub per connection (never per byte). A
      * worker at the cap stops polling its listeners; the next close anywhere wakes the paused
@@ -68,7 +70,9 @@ struct ward_worker {
     ward_session_slot_t *sessions; /* one per mapping */
     ward_pool_t pool;
     ward_stats_t stats;
-    ward_conn_t *conns; /* doubly-linked list of open connections */
+    ward_conn_t *conns;  /* doubly-linked list of open connections */
+    ward_authz_t *authz; /* this worker's reference to the current policy (see conn.c) */
+    uint64_t authz_gen;
     uint64_t nconns;
     int accept_paused;
     int fd_paused;       /* accepting paused after running out of descriptors */
@@ -96,5 +100,7 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
 /* conn.c: closes a connection now (drain deadline, shutdown). */
 void ward_conn_abort(ward_conn_t *c, const char *why);
 ward_conn_t *ward_conn_next(ward_conn_t *c);
+/* conn.c: asks an HTTP connection to finish its in-flight requests and take no new ones. */
+void ward_conn_drain(ward_conn_t *c);
 
 #endif

@@ -22,6 +22,9 @@ int ward_addr_parse(const char *s, size_t n, int allow_any_host, ward_addr_t *ou
 /* Formats as "IP:PORT" / "[IPv6]:PORT" into buf (at least 64 bytes). Returns buf. */
 char *ward_addr_format(const struct sockaddr *sa, char *buf, size_t size);
 
+/* The port of an IPv4/IPv6 address (host order), 0 for other families. */
+uint16_t ward_addr_port(const ward_addr_t *a);
+
 /* Parses "250ms", "5s", "2m", "1h" or a bare number of seconds into milliseconds.
  * Returns 0 or WARD_EINVAL. */
 int ward_duration_parse(const char *s, uint64_t *out_ms);

@@ -16,5 +16,8 @@ int ward_strbuf_printf(ward_strbuf_t *b, const char *fmt, ...)
 void ward_strbuf_free(ward_strbuf_t *b);
 /* Appends s as a JSON string literal (quoted, escaped). Returns 0 or WARD_ENOMEM. */
 int ward_strbuf_json_str(ward_strbuf_t *b, const char *s);
+/* Appends s as a quoted Prometheus label value (backslash, double quote and newline escaped).
+ * Returns 0 or WARD_ENOMEM. */
+int ward_strbuf_label(ward_strbuf_t *b, const char *s);
 
 #endif

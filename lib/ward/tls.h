@@ -82,7 +82,8 @@ typedef struct ward_tls_peer {
     const char *detail;       /* static explanation of the failure */
     char *peer_id;            /* verified peer SPIFFE id (heap, owned), after the handshake */
     int64_t peer_not_after;
-    /* ALPN: the client offers, the server selects, exactly this protocol (NULL = "ward-tcp"). */
+    /* ALPN. Client: offers exactly this protocol (NULL = "ward-tcp"). Server: accepts only this
+     * one when set, else the client's first choice among h2, http/1.1 and ward-tcp. */
     const char *alpn;
     /* Server: do not ask for a client certificate (ward-agent's bootstrap listener, where proxies
      * attest with a token instead). */
@@ -156,6 +157,11 @@ int ward_tls_handshake(SSL *ssl, ward_tls_peer_t *peer, ward_tls_reason_t *reaso
 int ward_tls_shutdown(SSL *ssl);
 int ward_tls_session_reused(const SSL *ssl);
 const char *ward_tls_version(const SSL *ssl);
+/* The negotiated ALPN protocol as one of the static strings "h2", "http/1.1", "ward-tcp", or NULL
+ * when none (or another) was negotiated. */
+const char *ward_tls_alpn(const SSL *ssl);
+/* SHA-256 of the peer's leaf certificate (DER). Returns 0 or WARD_ECERT when there is none. */
+int ward_tls_peer_cert_sha256(const SSL *ssl, uint8_t out[32]);
 void ward_tls_free(SSL *ssl);
 /* Offers a cached session on a client SSL (ignored if not resumable). */
 void ward_tls_use_session(SSL *ssl, SSL_SESSION *sess);

@@ -83,7 +83,9 @@ def policy_page_files():
     st, body = p.get("/policy")
     assert st == 200, st
     doc = json.loads(body)
-    assert doc == {"source": "none", "version": 0, "policies": []}, doc
+    # No --policy: the flags' mesh default (the harness runs data-path tests with "allow").
+    assert doc["source"] == "flags" and doc["policies"] == [], doc
+    assert doc["mesh_default"] == "allow" and doc["valid"] is True, doc
 
 
 def policy_and_identity_pages_agent():
@@ -96,7 +98,7 @@ def policy_and_identity_pages_agent():
     with open(os.path.join(pdir, "orders.yaml"), "w") as f:
         f.write(text)
     ident = "spiffe://test.local/ns/shop/sa/orders"
-    a = ah.Agent(workloads={os.getuid(): ident}, policy_dir=pdir).start()
+    a = ah.Agent(workloads={os.getuid(): ident}, policy_dir=pdir, mesh_default=None).start()
     p = h.Proxy(["--agent", "unix:" + a.sock, "--inbound",
                  "127.0.0.1:%d=127.0.0.1:%d" % (h.free_port(), h.free_port()),
                  "--workers", "1"]).start()

@@ -39,7 +39,7 @@ VALID = {os.path.basename(p): sample(os.path.basename(p))
          for p in sorted(glob.glob(os.path.join(SAMPLES, "*.yaml")))}
 assert {"orders-read.yaml", "shop-guardrails.yaml"} <= set(VALID), sorted(VALID)
 cm = ah.ConfigMapDir(VALID)
-agent = ah.Agent(workloads={0: ME}, policy_dir=cm.dir)
+agent = ah.Agent(workloads={0: ME}, policy_dir=cm.dir, mesh_default=None)
 stream = {"s": None, "ch": None, "last": 0, "names": None}
 
 

@@ -451,7 +451,7 @@ class Agent(Proc):
 
     def __init__(self, workloads=None, issuer=None, audience=None, policy_dir=None,
                  svid_ttl=None, workload_svid_ttl=None, log_level="debug", extra=(),
-                 name="ward-agent", td=TD):
+                 name="ward-agent", td=TD, mesh_default="allow"):
         self.root = h.mkdtemp(prefix="ward-agent-")
         os.chmod(self.root, 0o755)  # other uids must reach the socket (the agent makes it 0666)
         self.state = os.path.join(self.root, "state")
@@ -480,6 +480,10 @@ class Agent(Proc):
         if workload_svid_ttl is not None:
             args += ["--workload-svid-ttl", workload_svid_ttl]
         args += list(extra)
+        # Tests about identity, not authorization, run with an allowing mesh default; the shipped
+        # default (deny) is tested where policy is the subject (mesh_default=None keeps it).
+        if mesh_default is not None and "--mesh-default" not in args:
+            args += ["--mesh-default", mesh_default]
         super().__init__(args, name=name, binary=AGENT)
 
     def start(self, wait_ready=True, timeout=15.0):

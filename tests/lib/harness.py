@@ -167,11 +167,18 @@ class Proxy:
     """One ward-proxy process. stderr goes to a temp file (see .stderr_text())."""
 
     def __init__(self, args, env=None, admin=True, name="ward-proxy", binary=None,
-                 clear_env=False):
+                 clear_env=False, mesh_default="allow"):
         self.name = name
         self.binary = binary or PROXY
         self.admin_port = None
         args = list(args)
+        # A file-identity proxy without --policy applies the mesh default, deny when shipped. Tests
+        # about the data path and identity run with "allow"; policy tests pass mesh_default=None
+        # (or their own --policy / --mesh-default) to get the real default.
+        if (mesh_default is not None and binary is None and "--policy" not in args and
+                "--mesh-default" not in args and "--agent" not in args and
+                "WARD_MESH_DEFAULT" not in (env or {})):
+            args += ["--mesh-default", mesh_default]
         if admin is True:
             self.admin_port = free_port()
             args += ["--admin", "127.0.0.1:%d" % self.admin_port]
