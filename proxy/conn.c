@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "sniff.h"
 #include "ward/alloc.h"
 #include "ward/err.h"
 #include "ward/log.h"
@@ -652,44 +653,17 @@ static int ward__server_first(const ward_conn_t *c)
     return 0;
 }
 
-/* Classifies the first bytes a client sent. Returns 1 with *out set once decided, 0 while the
- * bytes seen so far are a prefix of something recognised. */
-static int ward__sniff(const char *p, size_t n, ward_proto_t *out)
-{
-    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    static const char *const methods[] = {"GET ",     "HEAD ",  "POST ",    "PUT ",  "DELETE ",
-                                          "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "};
-    const size_t plen = sizeof(preface) - 1;
-    int maybe = 0;
-    if (n == 0) return 0;
-    if (memcmp(p, preface, n < plen ? n : plen) == 0) {
-        if (n < plen) return 0;
-        *out = WARD_PROTO_HTTP2;
-        return 1;
-    }
-    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
-        size_t ml = strlen(methods[i]);
-        if (memcmp(p, methods[i], n < ml ? n : ml) != 0) continue;
-        if (n >= ml) {
-            *out = WARD_PROTO_HTTP1;
-            return 1;
-        }
-        maybe = 1;
-    }
-    if (maybe) return 0;
-    *out = WARD_PROTO_TCP;
-    return 1;
-}
-
 /* Reads the client's first bytes (plain app on outbound, decrypted on inbound) into c->pre until
  * ward__sniff decides. */
 static void ward__sniff_step(ward_conn_t *c)
 {
     ward_side_t *d = &c->down;
-    ward_proto_t proto;
     for (;;) {
-        if (c->pre != NULL && ward__sniff(c->pre->data, c->pre->len, &proto)) {
-            ward__protocol_chosen(c, proto);
+        ward_sniff_t r = c->pre != NULL ? ward_sniff(c->pre->data, c->pre->len) : WARD_SNIFF_MORE;
+        if (r != WARD_SNIFF_MORE) {
+            ward__protocol_chosen(c, r == WARD_SNIFF_HTTP2   ? WARD_PROTO_HTTP2
+                                     : r == WARD_SNIFF_HTTP1 ? WARD_PROTO_HTTP1
+                                                             : WARD_PROTO_TCP);
             return;
         }
         if ((d->flags & WARD_SF_RD_EOF) || (c->pre != NULL && c->pre->len == WARD_CHUNK_SIZE)) {
