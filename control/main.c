@@ -666,6 +666,7 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *o)
         else
             workload += x->active;
     }
+    if (ward_sys_process_metrics(o) < 0) return WARD_ENOMEM;
     return ward_strbuf_printf(
         o,
         "# HELP ward_agent_streams Open attested streams by kind.\n"

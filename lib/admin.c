@@ -126,7 +126,9 @@ static void ward__admin_route(ward_admin_conn_t *ac)
     }
     char *q = memchr(ac->path, '?', ac->path_len);
     size_t plen = q ? (size_t)(q - ac->path) : ac->path_len;
+    ac->path[ac->path_len] = '\0';
     ac->path[plen] = '\0';
+    const char *query = q ? q + 1 : "";
     if (strcmp(ac->path, "/live") == 0) {
         ward__admin_respond(ac, 200, "text/plain", "live\n", 5, head);
     } else if (strcmp(ac->path, "/ready") == 0) {
@@ -146,13 +148,14 @@ static void ward__admin_route(ward_admin_conn_t *ac)
     } else {
         /* The owner's JSON pages (e.g. /identity), if any. */
         ward_strbuf_t out = {0};
-        int rc = a->render_page ? a->render_page(a->ctx, ac->path, &out) : 1;
+        int rc = a->render_page ? a->render_page(a->ctx, ac->path, query, &out) : 1;
         if (rc == 0) {
             ward__admin_respond(ac, 200, "application/json", out.data, out.len, head);
         } else if (rc < 0) {
             ward__admin_respond(ac, 500, "text/plain", "render failed\n", 14, head);
         } else {
-            static const char msg[] = "not found: try /metrics, /ready, /live\n";
+            static const char msg[] = "not found: try /metrics, /ready, /live, /identity, "
+                                      "/policy, /connections\n";
             ward__admin_respond(ac, 404, "text/plain", msg, sizeof(msg) - 1, head);
         }
         ward_strbuf_free(&out);

@@ -1097,6 +1097,12 @@ const char *ward_tls_version(const SSL *ssl)
     return SSL_get_version(ssl);
 }
 
+const char *ward_tls_cipher(const SSL *ssl)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+    return c ? SSL_CIPHER_standard_name(c) : "";
+}
+
 void ward_tls_free(SSL *ssl)
 {
     SSL_free(ssl);

@@ -54,6 +54,8 @@ void ward_config_usage(FILE *out)
           "                           every reload interval and on SIGHUP      [WARD_POLICY]\n"
           "  --mesh-default A         deny|allow|audit where no policy selects this\n"
           "                           workload (deny)                    [WARD_MESH_DEFAULT]\n"
+          "  --access-log M           off|denied|all: JSON lines per request and connection\n"
+          "                           (denied: refusals only)              [WARD_ACCESS_LOG]\n"
           "Protocol detection (outbound sniffs the app; inbound uses ALPN, else sniffs):\n"
           "  --sniff-timeout D        wait for the client's first bytes (200ms)\n"
           "                                                             [WARD_SNIFF_TIMEOUT]\n"
@@ -176,6 +178,7 @@ enum {
     OPT_MESH_DEFAULT,
     OPT_SNIFF_TO,
     OPT_SERVER_FIRST,
+    OPT_ACCESS_LOG,
     OPT_HELP,
     OPT_VERSION
 };
@@ -208,6 +211,7 @@ static const ward_opt_desc_t ward__scalars[] = {
     {OPT_MESH_DEFAULT, "--mesh-default", "WARD_MESH_DEFAULT"},
     {OPT_SNIFF_TO, "--sniff-timeout", "WARD_SNIFF_TIMEOUT"},
     {OPT_SERVER_FIRST, "--server-first-ports", "WARD_SERVER_FIRST_PORTS"},
+    {OPT_ACCESS_LOG, "--access-log", "WARD_ACCESS_LOG"},
 };
 #define WARD_NSCALARS (sizeof(ward__scalars) / sizeof(ward__scalars[0]))
 
@@ -330,6 +334,16 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
         else
             return ward__cfg_err(err, errlen, "%s '%s': expected deny, allow or audit", flag, v);
         return 0;
+    case OPT_ACCESS_LOG:
+        if (strcmp(v, "off") == 0)
+            cfg->access_log = WARD_ACCESS_LOG_OFF;
+        else if (strcmp(v, "denied") == 0)
+            cfg->access_log = WARD_ACCESS_LOG_DENIED;
+        else if (strcmp(v, "all") == 0)
+            cfg->access_log = WARD_ACCESS_LOG_ALL;
+        else
+            return ward__cfg_err(err, errlen, "%s '%s': expected off, denied or all", flag, v);
+        return 0;
     case OPT_SNIFF_TO:
         return ward__set_duration(flag, v, &cfg->sniff_timeout_ms, err, errlen);
     case OPT_SERVER_FIRST: {
@@ -390,6 +404,7 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         {"mesh-default", required_argument, NULL, OPT_MESH_DEFAULT},
         {"sniff-timeout", required_argument, NULL, OPT_SNIFF_TO},
         {"server-first-ports", required_argument, NULL, OPT_SERVER_FIRST},
+        {"access-log", required_argument, NULL, OPT_ACCESS_LOG},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0}};
@@ -409,6 +424,7 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
     cfg->reload_interval_ms = 1000;
     cfg->log_level = WARD_LOG_INFO;
     cfg->sniff_timeout_ms = 200;
+    cfg->access_log = WARD_ACCESS_LOG_DENIED;
     /* Protocols where the server speaks first: SMTP, MySQL, FTP, POP3, IMAP, SSH, submission. */
     static const uint16_t server_first[] = {21, 22, 25, 110, 143, 587, 3306};
     for (size_t i = 0; i < sizeof(server_first) / sizeof(server_first[0]); i++)

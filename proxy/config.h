@@ -54,7 +54,10 @@ typedef struct {
 #define WARD_MAX_SERVER_FIRST_PORTS 32
     uint16_t server_first_ports[WARD_MAX_SERVER_FIRST_PORTS];
     size_t nserver_first_ports;
+    int access_log; /* WARD_ACCESS_LOG_* */
 } ward_config_t;
+
+enum { WARD_ACCESS_LOG_OFF = 0, WARD_ACCESS_LOG_DENIED = 1, WARD_ACCESS_LOG_ALL = 2 };
 
 #define WARD_CONFIG_EXIT 1 /* --help or --version was printed: exit 0 */
 

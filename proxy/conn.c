@@ -74,11 +74,17 @@ static void ward__conn_free(ward_conn_t *c)
 {
     ward_worker_t *w = c->w;
     ward_logline_t l;
-    if (ward_log_begin(&l, WARD_LOG_DEBUG, "conn_closed")) {
+    uint64_t ms = uv_now(&w->loop) - c->started;
+    ward_stats_observe_conn(&w->stats, (ward_dir_t)c->dir, ms);
+    /* Access log: every connection with --access-log all (debug level otherwise). */
+    int all = w->shared->cfg->access_log == WARD_ACCESS_LOG_ALL;
+    if (ward_log_begin(&l, all ? WARD_LOG_INFO : WARD_LOG_DEBUG, "conn_closed")) {
         ward_conn_log_ctx(&l, c);
         ward_log_u64(&l, "bytes_to_upstream", c->bytes[WARD_FLOW_TO_UPSTREAM]);
         ward_log_u64(&l, "bytes_to_downstream", c->bytes[WARD_FLOW_TO_DOWNSTREAM]);
-        ward_log_u64(&l, "duration_ms", uv_now(&w->loop) - c->started);
+        ward_log_u64(&l, "duration_ms", ms);
+        ward_log_u64(&l, "requests_allowed", c->allowed);
+        ward_log_u64(&l, "requests_denied", c->denied);
         ward_log_end(&l);
     }
     if (c->codec != NULL) c->codec->free(c);
@@ -498,7 +504,12 @@ ward_authz_decision_t ward_conn_authorize(ward_conn_t *c, ward_authz_request_t *
     ward_stats_count_decision(&w->stats, (ward_dir_t)c->dir, res->decision == WARD_AUTHZ_ALLOW,
                               res->policy, c->peer.peer_id);
     int denied = res->decision != WARD_AUTHZ_ALLOW;
+    if (denied)
+        c->denied++;
+    else
+        c->allowed++;
     if ((denied || res->audit_policy != NULL) &&
+        w->shared->cfg->access_log != WARD_ACCESS_LOG_OFF &&
         ward_log_begin(&l, denied ? WARD_LOG_WARN : WARD_LOG_INFO,
                        denied ? (req->method ? "request_denied" : "connection_denied")
                               : "request_audited")) {
@@ -527,6 +538,83 @@ void ward_conn_count_request(ward_conn_t *c, ward_req_proto_t proto, unsigned st
     unsigned cls = status >= 100 && status < 600 ? status / 100 : 0;
     if ((unsigned)proto >= WARD_REQ_COUNT) proto = WARD_REQ_HTTP1;
     ward_counter_add(&c->w->stats.requests[c->dir][proto][cls], 1);
+}
+
+void ward_conn_request_done(ward_conn_t *c, ward_req_proto_t proto, const ward_request_log_t *r)
+{
+    static const char *const protos[] = {"http1", "http2", "grpc"};
+    ward_worker_t *w = c->w;
+    ward_logline_t l;
+    unsigned cls = r->status >= 100 && r->status < 600 ? r->status / 100 : 0;
+    if ((unsigned)proto >= WARD_REQ_COUNT) proto = WARD_REQ_HTTP1;
+    uint64_t now = uv_now(&w->loop);
+    uint64_t ms = now >= r->start_ms ? now - r->start_ms : 0;
+    ward_conn_count_request(c, proto, r->status);
+    /* uv_now has millisecond resolution: a sub-millisecond request is observed as 0.5 ms. */
+    ward_stats_observe_request(&w->stats, (ward_dir_t)c->dir, (unsigned)proto, cls,
+                               ms ? ms * 1000 : 500);
+    if (w->shared->cfg->access_log != WARD_ACCESS_LOG_ALL) return;
+    if (!ward_log_begin(&l, WARD_LOG_INFO, "request")) return;
+    ward_conn_log_ctx(&l, c);
+    ward_log_str(&l, "protocol", protos[proto]);
+    if (r->method) ward_log_str(&l, "method", r->method);
+    if (r->path) {
+        char path[512];
+        size_t n = r->path_len < sizeof(path) - 1 ? r->path_len : sizeof(path) - 1;
+        memcpy(path, r->path, n);
+        path[n] = '\0';
+        ward_log_str(&l, "path", path);
+    }
+    ward_log_u64(&l, "status", r->status);
+    if (r->grpc_status) ward_log_str(&l, "grpc_status", r->grpc_status);
+    ward_log_str(&l, "decision", r->denied ? "deny" : "allow");
+    ward_log_u64(&l, "bytes_in", r->bytes_in);
+    ward_log_u64(&l, "bytes_out", r->bytes_out);
+    ward_log_u64(&l, "duration_ms", ms);
+    ward_log_end(&l);
+}
+
+int ward_conn_render(ward_conn_t *c, ward_strbuf_t *o, const char *peer)
+{
+    char a[64];
+    int rc = 0;
+    if (c->state == WARD_CS_CLOSING) return 0;
+    if (peer != NULL && (c->peer.peer_id == NULL || strcmp(peer, c->peer.peer_id) != 0)) return 0;
+    const ward_side_t *t = ward__tls_side(c);
+    uint64_t now = uv_now(&c->w->loop);
+    rc |= ward_strbuf_printf(o, "{\"id\":%llu,\"direction\":\"%s\",\"state\":\"%s\",",
+                             (unsigned long long)c->id, ward_dir_name(c->dir),
+                             ward__state_names[c->state]);
+    rc |= ward_strbuf_printf(o, "\"peer_address\":");
+    rc |= ward_strbuf_json_str(
+        o, c->peer_addr.ss_family != AF_UNSPEC
+               ? ward_addr_format((const struct sockaddr *)&c->peer_addr, a, sizeof(a))
+               : "");
+    rc |= ward_strbuf_printf(o, ",\"listen\":");
+    rc |= ward_strbuf_json_str(
+        o, ward_addr_format((const struct sockaddr *)&c->map->listen.ss, a, sizeof(a)));
+    rc |= ward_strbuf_printf(o, ",\"upstream\":");
+    rc |= ward_strbuf_json_str(
+        o, ward_addr_format((const struct sockaddr *)&c->map->target.ss, a, sizeof(a)));
+    rc |= ward_strbuf_printf(o, ",\"peer_identity\":");
+    rc |=
+        c->peer.peer_id ? ward_strbuf_json_str(o, c->peer.peer_id) : ward_strbuf_printf(o, "null");
+    const char *alpn = t->ssl ? ward_tls_alpn(t->ssl) : NULL;
+    int done = t->ssl != NULL && c->state >= WARD_CS_SNIFFING;
+    rc |= ward_strbuf_printf(
+        o,
+        ",\"tls_version\":\"%s\",\"cipher\":\"%s\",\"alpn\":\"%s\",\"protocol\":\"%s\","
+        "\"decision\":\"%s\",\"requests_allowed\":%u,\"requests_denied\":%u,"
+        "\"bytes_to_upstream\":%llu,\"bytes_to_downstream\":%llu,\"age_seconds\":%.3f},",
+        done ? ward_tls_version(t->ssl) : "", done ? ward_tls_cipher(t->ssl) : "", alpn ? alpn : "",
+        c->state == WARD_CS_PROXYING ? ward_proto_name(c->proto) : "",
+        c->dir == WARD_DIR_OUTBOUND ? "n/a"
+        : c->denied                 ? "deny"
+        : c->allowed                ? "allow"
+                                    : "pending",
+        c->allowed, c->denied, (unsigned long long)c->bytes[WARD_FLOW_TO_UPSTREAM],
+        (unsigned long long)c->bytes[WARD_FLOW_TO_DOWNSTREAM], (double)(now - c->started) / 1e3);
+    return rc ? WARD_ENOMEM : 1;
 }
 
 const char *ward_conn_xfcc(ward_conn_t *c)

@@ -112,6 +112,7 @@ struct ward_conn {
     struct sockaddr_storage peer_addr; /* downstream's address */
     uint64_t id;
     uint64_t bytes[2];
+    uint32_t allowed, denied; /* authorization decisions made on this connection */
     uint64_t started;
     uint64_t last_active;
     uint32_t map_index;
@@ -121,6 +122,21 @@ struct ward_conn {
     uint8_t handles;
     uint8_t proto; /* ward_proto_t */
 };
+
+/* One finished HTTP request, for metrics (ward_requests_total, ward_request_duration_seconds) and
+ * the access log (one JSON line per request with --access-log all; denials are logged by
+ * ward_conn_authorize unless --access-log off). */
+typedef struct {
+    const char *method; /* NUL-terminated */
+    const char *path;   /* the normalised path sent to the app (may be NULL) */
+    size_t path_len;
+    unsigned status;         /* HTTP status sent to the caller; 0 = none (reset) */
+    uint64_t bytes_in;       /* request body bytes from the caller */
+    uint64_t bytes_out;      /* response body bytes to the caller */
+    uint64_t start_ms;       /* uv_now() when the request head was complete */
+    const char *grpc_status; /* gRPC: the grpc-status sent (NULL otherwise) */
+    int denied;              /* the proxy answered: policy denial */
+} ward_request_log_t;
 
 /* --- socket I/O (plain or TLS), for the codecs -------------------------------------------------
  * Reads and writes return a byte count, WARD_IO_EOF (0, reads only), WARD_IO_WANT_READ /
@@ -174,6 +190,9 @@ typedef enum {
     WARD_REQ_COUNT
 } ward_req_proto_t;
 void ward_conn_count_request(ward_conn_t *c, ward_req_proto_t proto, unsigned status);
+/* The full form: counts like ward_conn_count_request, observes the request's duration, and writes
+ * the access-log line. */
+void ward_conn_request_done(ward_conn_t *c, ward_req_proto_t proto, const ward_request_log_t *r);
 /* The x-forwarded-client-cert value for this connection's verified peer:
  *   By=<our SPIFFE id>;Hash=<hex SHA-256 of the peer's leaf certificate>;URI=<peer SPIFFE id>
  * Built once and cached; NULL when there is no verified peer or memory ran out. */

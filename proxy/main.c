@@ -51,6 +51,7 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *out)
         ward_stats_render(out, stats, p->nworkers, &p->stats, id ? ward_identity_not_after(id) : 0);
     ward_identity_unref(id);
     if (rc == 0) rc = ward_policy_store_metrics(&p->policy, out);
+    if (rc == 0) rc = ward_sys_process_metrics(out);
     if (rc == 0 && p->agent_mode) rc = ward_agent_client_metrics(&p->agent, out);
     return rc;
 }
@@ -103,9 +104,57 @@ static int ward__render_identity(ward_proxy_t *p, ward_strbuf_t *o)
     return rc ? WARD_ENOMEM : 0;
 }
 
-static int ward__render_page(void *ctx, const char *path, ward_strbuf_t *out)
+/* Decodes the value of `name` in a query string (percent-escapes and '+') into out. Returns 1
+ * when present. */
+static int ward__query_param(const char *q, const char *name, char *out, size_t cap)
+{
+    size_t nl = strlen(name);
+    while (*q) {
+        const char *end = q + strcspn(q, "&");
+        if ((size_t)(end - q) > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
+            size_t n = 0;
+            for (const char *s = q + nl + 1; s < end && n + 1 < cap; s++) {
+                unsigned v;
+                if (*s == '%' && end - s >= 3 && sscanf(s + 1, "%2x", &v) == 1) {
+                    out[n++] = (char)v;
+                    s += 2;
+                } else {
+                    out[n++] = *s == '+' ? ' ' : *s;
+                }
+            }
+            out[n] = '\0';
+            return 1;
+        }
+        q = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* GET /connections[?peer=ID]: the open connections of every worker, as one JSON document. */
+static int ward__render_connections(ward_proxy_t *p, const char *query, ward_strbuf_t *o)
+{
+    char peer[1024];
+    int has_peer = ward__query_param(query, "peer", peer, sizeof(peer));
+    size_t total = 0;
+    int partial = 0;
+    int rc = ward_strbuf_printf(o, "{\"connections\":[");
+    for (unsigned i = 0; i < p->started && !p->stopped && rc == 0; i++) {
+        size_t rows = 0;
+        int r = ward_worker_snapshot(&p->workers[i], o, has_peer ? peer : NULL, &rows, 1000);
+        if (r == WARD_ENOMEM) return r;
+        if (r < 0) partial = 1;
+        total += rows;
+    }
+    if (rc == 0 && total > 0 && o->data[o->len - 1] == ',') o->data[--o->len] = '\0';
+    rc |= ward_strbuf_printf(o, "],\"count\":%zu,\"partial\":%s}\n", total,
+                             partial ? "true" : "false");
+    return rc ? WARD_ENOMEM : 0;
+}
+
+static int ward__render_page(void *ctx, const char *path, const char *query, ward_strbuf_t *out)
 {
     ward_proxy_t *p = ctx;
+    if (strcmp(path, "/connections") == 0) return ward__render_connections(p, query, out);
     if (strcmp(path, "/identity") == 0) return ward__render_identity(p, out);
     if (strcmp(path, "/policy") == 0) return ward_policy_store_json(&p->policy, out);
     return 1;

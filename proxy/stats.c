@@ -35,6 +35,64 @@ static int ward__per_direction(ward_strbuf_t *o, ward_stats_t *const *workers, s
     return rc;
 }
 
+/* --- histograms ---------------------------------------------------------------------------- */
+
+const double ward_conn_bucket_bounds[WARD_CONN_BUCKETS] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+                                                           1,     5,     10,   60,   300, 3600};
+const double ward_req_bucket_bounds[WARD_REQ_BUCKETS] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+static size_t ward__bucket(const double *bounds, size_t n, double v)
+{
+    size_t i = 0;
+    while (i < n && v > bounds[i])
+        i++;
+    return i;
+}
+
+void ward_stats_observe_request(ward_stats_t *s, ward_dir_t dir, unsigned proto, unsigned cls,
+                                uint64_t us)
+{
+    if (proto >= WARD_REQ_PROTOS || cls >= 6) return;
+    ward_req_hist_t *h = &s->req_duration[dir][proto][cls];
+    ward_counter_add(
+        &h->bucket[ward__bucket(ward_req_bucket_bounds, WARD_REQ_BUCKETS, (double)us / 1e6)], 1);
+    ward_counter_add(&h->sum_us, us);
+}
+
+void ward_stats_observe_conn(ward_stats_t *s, ward_dir_t dir, uint64_t ms)
+{
+    ward_conn_hist_t *h = &s->conn_duration[dir];
+    ward_counter_add(
+        &h->bucket[ward__bucket(ward_conn_bucket_bounds, WARD_CONN_BUCKETS, (double)ms / 1e3)], 1);
+    ward_counter_add(&h->sum_ms, ms);
+}
+
+/* Renders one histogram series: per-bucket counts summed over workers (at byte offset off of
+ * ward_stats_t), accumulated into the cumulative _bucket lines, then _sum and _count. */
+static int ward__render_hist(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers,
+                             const char *name, const char *labels, const double *bounds, size_t nb,
+                             size_t off, size_t sum_off, double sum_scale)
+{
+    uint64_t cum = 0, sum = 0;
+    int rc = 0;
+    for (size_t w = 0; w < nworkers; w++)
+        sum += ward_counter_get((const ward_counter_t *)((const char *)workers[w] + sum_off));
+    for (size_t b = 0; b <= nb; b++) {
+        for (size_t w = 0; w < nworkers; w++)
+            cum += ward_counter_get((const ward_counter_t *)((const char *)workers[w] + off) + b);
+        if (b < nb)
+            rc |= ward_strbuf_printf(o, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[b],
+                                     (unsigned long long)cum);
+        else
+            rc |= ward_strbuf_printf(o, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+                                     (unsigned long long)cum);
+    }
+    rc |= ward_strbuf_printf(o, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels,
+                             (double)sum * sum_scale, name, labels, (unsigned long long)cum);
+    return rc;
+}
+
 /* --- authorization decisions -------------------------------------------------------------- */
 
 void ward_stats_init(ward_stats_t *s)
@@ -257,6 +315,37 @@ int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nwo
                                          (unsigned long long)v);
             }
     rc |= ward__render_decisions(o, workers, nworkers);
+    rc |= ward_strbuf_printf(o, "# HELP ward_request_duration_seconds Time from a request's head "
+                                "to the end of its response, by protocol and status class.\n"
+                                "# TYPE ward_request_duration_seconds histogram\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        for (int p = 0; p < WARD_REQ_PROTOS; p++)
+            for (int k = 0; k < 6; k++) {
+                if (SUM(requests[d][p][k]) == 0) continue;
+                char labels[128];
+                snprintf(labels, sizeof(labels),
+                         "direction=\"%s\",protocol=\"%s\",status_class=\"%s\"", ward_dir_name(d),
+                         req_protos[p], classes[k]);
+                size_t off =
+                    offsetof(ward_stats_t, req_duration) +
+                    ((size_t)(d * WARD_REQ_PROTOS + p) * 6 + (size_t)k) * sizeof(ward_req_hist_t);
+                rc |= ward__render_hist(o, workers, nworkers, "ward_request_duration_seconds",
+                                        labels, ward_req_bucket_bounds, WARD_REQ_BUCKETS,
+                                        off + offsetof(ward_req_hist_t, bucket),
+                                        off + offsetof(ward_req_hist_t, sum_us), 1e-6);
+            }
+    rc |= ward_strbuf_printf(o, "# HELP ward_connection_duration_seconds Lifetime of closed "
+                                "proxied connections.\n"
+                                "# TYPE ward_connection_duration_seconds histogram\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++) {
+        char labels[64];
+        snprintf(labels, sizeof(labels), "direction=\"%s\"", ward_dir_name(d));
+        size_t off = offsetof(ward_stats_t, conn_duration) + (size_t)d * sizeof(ward_conn_hist_t);
+        rc |= ward__render_hist(o, workers, nworkers, "ward_connection_duration_seconds", labels,
+                                ward_conn_bucket_bounds, WARD_CONN_BUCKETS,
+                                off + offsetof(ward_conn_hist_t, bucket),
+                                off + offsetof(ward_conn_hist_t, sum_ms), 1e-3);
+    }
     rc |= ward_strbuf_printf(
         o,
         "# HELP ward_cert_expiry_timestamp_seconds notAfter of the current leaf certificate.\n"

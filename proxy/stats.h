@@ -54,6 +54,23 @@ typedef struct {
     size_t count;
 } ward_decision_table_t;
 
+/* Histogram bucket bounds (seconds), shared by every worker; counts are per bucket (not
+ * cumulative) and summed + accumulated on scrape. */
+#define WARD_CONN_BUCKETS 12
+#define WARD_REQ_BUCKETS  14
+extern const double ward_conn_bucket_bounds[WARD_CONN_BUCKETS];
+extern const double ward_req_bucket_bounds[WARD_REQ_BUCKETS];
+
+typedef struct {
+    ward_counter_t bucket[WARD_REQ_BUCKETS + 1]; /* the last one is +Inf */
+    ward_counter_t sum_us;
+} ward_req_hist_t;
+
+typedef struct {
+    ward_counter_t bucket[WARD_CONN_BUCKETS + 1];
+    ward_counter_t sum_ms;
+} ward_conn_hist_t;
+
 /* Requests by ward_req_proto_t (http1, http2, grpc) and status class (0 = no response, 1..5). */
 #define WARD_REQ_PROTOS 3
 
@@ -71,7 +88,14 @@ typedef struct {
     ward_counter_t protocols[WARD_DIR_COUNT][3]; /* connections by ward_proto_t */
     ward_counter_t requests[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
     ward_decision_table_t decisions;
+    ward_req_hist_t req_duration[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
+    ward_conn_hist_t conn_duration[WARD_DIR_COUNT];
 } ward_stats_t;
+
+/* Observes one request's / connection's duration (worker thread only). */
+void ward_stats_observe_request(ward_stats_t *s, ward_dir_t dir, unsigned proto, unsigned cls,
+                                uint64_t us);
+void ward_stats_observe_conn(ward_stats_t *s, ward_dir_t dir, uint64_t ms);
 
 void ward_stats_init(ward_stats_t *s);
 void ward_stats_destroy(ward_stats_t *s);

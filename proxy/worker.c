@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ward/alloc.h"
@@ -44,6 +45,8 @@ int ward_worker_init(ward_worker_t *w, unsigned index, ward_shared_t *shared, ch
     w->index = index;
     w->shared = shared;
     ward_stats_init(&w->stats);
+    pthread_mutex_init(&w->snap.mu, NULL);
+    pthread_cond_init(&w->snap.cv, NULL);
     ward_pool_init(&w->pool, WARD_POOL_MAX_FREE);
     int rc = uv_loop_init(&w->loop);
     if (rc < 0) {
@@ -198,6 +201,22 @@ static void ward__on_cmd(uv_async_t *a)
     ward_worker_t *w = a->data;
     unsigned cmd = atomic_exchange(&w->cmd, 0);
     if (cmd & WARD_CMD_RESUME) ward__resume_accept(w);
+    if (cmd & WARD_CMD_SNAPSHOT) {
+        ward_snapshot_req_t *r = &w->snap;
+        pthread_mutex_lock(&r->mu);
+        if (r->pending) {
+            for (ward_conn_t *c = w->conns; c != NULL && r->rc == 0; c = ward_conn_next(c)) {
+                int n = ward_conn_render(c, r->out, r->peer);
+                if (n < 0)
+                    r->rc = n;
+                else
+                    r->rows += (size_t)n;
+            }
+            r->pending = 0;
+            pthread_cond_signal(&r->cv);
+        }
+        pthread_mutex_unlock(&r->mu);
+    }
     if (cmd & WARD_CMD_DRAIN && !w->draining) {
         w->draining = 1;
         ward__close_listeners(w);
@@ -273,5 +292,44 @@ void ward_worker_destroy(ward_worker_t *w)
     ward_authz_unref(w->authz);
     w->authz = NULL;
     ward_stats_destroy(&w->stats);
+    pthread_mutex_destroy(&w->snap.mu);
+    pthread_cond_destroy(&w->snap.cv);
     uv_loop_close(&w->loop);
+}
+
+int ward_worker_snapshot(ward_worker_t *w, ward_strbuf_t *out, const char *peer, size_t *rows,
+                         uint64_t timeout_ms)
+{
+    ward_snapshot_req_t *r = &w->snap;
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += (time_t)(timeout_ms / 1000);
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->out = out;
+    r->peer = peer;
+    r->rows = 0;
+    r->rc = 0;
+    r->pending = 1;
+    pthread_mutex_unlock(&r->mu);
+    ward_worker_send(w, WARD_CMD_SNAPSHOT);
+    pthread_mutex_lock(&r->mu);
+    int rc = 0;
+    while (r->pending && rc == 0)
+        rc = pthread_cond_timedwait(&r->cv, &r->mu, &deadline);
+    if (r->pending) {
+        /* The worker did not answer in time: withdraw the request (it checks `pending`). */
+        r->pending = 0;
+        rc = UV_ETIMEDOUT;
+    } else {
+        rc = r->rc;
+        *rows = r->rows;
+    }
+    r->out = NULL;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
 }

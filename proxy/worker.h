@@ -5,6 +5,7 @@
 #ifndef WARD_PROXY_WORKER_H
 #define WARD_PROXY_WORKER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
@@ -55,8 +56,21 @@ enum {
     WARD_CMD_DRAIN = 1u << 0,
     WARD_CMD_FORCE_CLOSE = 1u << 1,
     WARD_CMD_STOP = 1u << 2,
-    WARD_CMD_RESUME = 1u << 3
+    WARD_CMD_RESUME = 1u << 3,
+    WARD_CMD_SNAPSHOT = 1u << 4 /* render the open connections for /connections */
 };
+
+/* A /connections request handed to a worker: the main thread fills `out`/`peer`, sends
+ * WARD_CMD_SNAPSHOT and waits on `cv` (bounded) until the worker has appended its rows. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ward_strbuf_t *out; /* rows appended as JSON objects, each followed by ',' */
+    const char *peer;   /* only connections whose peer identity equals this (NULL: all) */
+    size_t rows;
+    int pending;
+    int rc;
+} ward_snapshot_req_t;
 
 struct ward_worker {
     uv_loop_t loop;
@@ -79,6 +93,7 @@ struct ward_worker {
     uv_timer_t fd_retry; /* resumes it */
     int draining;
     atomic_int drained;
+    ward_snapshot_req_t snap;
 };
 
 /* Creates the worker's listening sockets (bound now, so errors surface at start-up).
@@ -100,6 +115,13 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
 /* conn.c: closes a connection now (drain deadline, shutdown). */
 void ward_conn_abort(ward_conn_t *c, const char *why);
 ward_conn_t *ward_conn_next(ward_conn_t *c);
+/* Renders worker w's open connections (see ward_snapshot_req_t); called on the main thread.
+ * Waits at most timeout_ms. Returns 0, WARD_ENOMEM, or UV_ETIMEDOUT (the worker did not answer). */
+int ward_worker_snapshot(ward_worker_t *w, ward_strbuf_t *out, const char *peer, size_t *rows,
+                         uint64_t timeout_ms);
+/* conn.c: appends c as a JSON object followed by ','. Returns 1 if rendered, 0 if filtered out,
+ * WARD_ENOMEM. */
+int ward_conn_render(ward_conn_t *c, ward_strbuf_t *out, const char *peer);
 /* conn.c: asks an HTTP connection to finish its in-flight requests and take no new ones. */
 void ward_conn_drain(ward_conn_t *c);
 

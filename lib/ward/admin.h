@@ -16,9 +16,9 @@ typedef struct {
     int (*render_metrics)(void *ctx, ward_strbuf_t *out);
     /* 1 when the proxy takes traffic (identity loaded, listeners open, not draining). */
     int (*is_ready)(void *ctx);
-    /* Optional: renders another page (JSON) for path into out. Returns 0 (200), 1 (no such
-     * page: 404) or a negative error (500). */
-    int (*render_page)(void *ctx, const char *path, ward_strbuf_t *out);
+    /* Optional: renders another page (JSON) for path (query: the raw text after '?', or "")
+     * into out. Returns 0 (200), 1 (no such page: 404) or a negative error (500). */
+    int (*render_page)(void *ctx, const char *path, const char *query, ward_strbuf_t *out);
     void *ctx;
 } ward_admin_t;
 

@@ -157,6 +157,8 @@ int ward_tls_handshake(SSL *ssl, ward_tls_peer_t *peer, ward_tls_reason_t *reaso
 int ward_tls_shutdown(SSL *ssl);
 int ward_tls_session_reused(const SSL *ssl);
 const char *ward_tls_version(const SSL *ssl);
+/* The negotiated cipher suite's standard (IANA) name, "" before the handshake. */
+const char *ward_tls_cipher(const SSL *ssl);
 /* The negotiated ALPN protocol as one of the static strings "h2", "http/1.1", "ward-tcp", or NULL
  * when none (or another) was negotiated. */
 const char *ward_tls_alpn(const SSL *ssl);

@@ -113,7 +113,58 @@ def policy_and_identity_pages_agent():
     assert all(x["selector_identity"] in (ident, "") for x in pol["policies"]), pol
 
 
+def connections_page():
+    """/connections lists the connections held open through a pair, on both sides, with the peer
+    identity, TLS details and bytes; ?peer= filters by peer identity."""
+    echo = h.EchoServer()
+    inp, outp = h.free_port(), h.free_port()
+    inbound = h.Proxy(["--cert", os.path.join(C, "server.pem"), "--key",
+                       os.path.join(C, "server-key.pem"), "--ca", os.path.join(C, "ca.pem"),
+                       "--inbound", "127.0.0.1:%d=127.0.0.1:%d" % (inp, echo.port),
+                       "--workers", "2"]).start()
+    outbound = h.Proxy(["--cert", os.path.join(C, "client.pem"), "--key",
+                        os.path.join(C, "client-key.pem"), "--ca", os.path.join(C, "ca.pem"),
+                        "--outbound", "127.0.0.1:%d=127.0.0.1:%d,identity=%s" %
+                        (outp, inp, "spiffe://test.local/ns/default/sa/backend"),
+                        "--workers", "2"]).start()
+    held = []
+    for i in range(3):
+        s = socket.create_connection(("127.0.0.1", outp), timeout=5)
+        s.sendall(b"x" * (100 * (i + 1)))
+        got = b""
+        while len(got) < 100 * (i + 1):
+            got += s.recv(65536)
+        held.append(s)
+    client_id = "spiffe://test.local/ns/default/sa/frontend"
+    doc = json.loads(inbound.get("/connections")[1])
+    assert doc["count"] == 3 and doc["partial"] is False, doc
+    rows = doc["connections"]
+    assert all(x["direction"] == "inbound" and x["peer_identity"] == client_id for x in rows), rows
+    assert all(x["tls_version"] == "TLSv1.3" and x["alpn"] == "ward-tcp" and
+               x["protocol"] == "tcp" and x["decision"] == "allow" and x["cipher"]
+               for x in rows), rows
+    assert sorted(x["bytes_to_upstream"] for x in rows) == [100, 200, 300], rows
+    assert sorted(x["bytes_to_downstream"] for x in rows) == [100, 200, 300], rows
+    assert all(x["age_seconds"] >= 0 for x in rows), rows
+    out = json.loads(outbound.get("/connections")[1])
+    assert out["count"] == 3, out
+    assert all(x["peer_identity"] == "spiffe://test.local/ns/default/sa/backend" for x in
+               out["connections"]), out
+    st, body = inbound.get("/connections?peer=" + client_id.replace("/", "%2F"))
+    assert json.loads(body)["count"] == 3, body
+    assert json.loads(inbound.get("/connections?peer=spiffe://test.local/x")[1])["count"] == 0
+    held.pop().close()
+    h.wait_for(lambda: json.loads(inbound.get("/connections")[1])["count"] == 2, 5,
+               what="closed connection leaves /connections")
+    for s in held:
+        s.close()
+    m = inbound.metrics()
+    assert h.metric_value(m, "process_open_fds") > 0 and \
+        h.metric_value(m, "process_resident_memory_bytes") > 0, "process metrics"
+
+
 r.run("identity_page", identity_page)
+r.run("connections_page", connections_page)
 r.run("policy_page_files", policy_page_files)
 r.run("policy_and_identity_pages_agent", policy_and_identity_pages_agent)
 r.run("slow_client_is_cut", slow_client_is_cut)
