@@ -11,6 +11,30 @@ on the inbound (client sends `Connection: close`; the outbound opens a new upstr
 client connection), and the memory of the pair (VmRSS and private = Private_Clean+Private_Dirty)
 idle and with N idle connections held end-to-end (checked with ss on every hop).
 --runs K repeats everything K times with fresh pairs and reports the median per cell.
+
+Policy: every ward inbound runs with --policy FILE (ward's mesh default is deny). The L4 rows use
+an ALLOW policy whose one rule has only `from: identities` (the outbound's SPIFFE id, read from the
+minted client certificate) and the outbound lists the inbound's port in --server-first-ports, so
+ward carries those rows as opaque TCP (ALPN ward-tcp) and decides once per connection, like the L4
+peers. In --peer-mode http ward sniffs HTTP like in production and runs the HTTP policy below.
+
+Policy-enforcing HTTP rows (ward vs HAProxy; nginx is not part of them), on separate pairs with
+two mappings each (HTTP/1.1 -> the nginx backend, HTTP/2 -> an h2c nghttpd backend):
+  ward:    the outbound sniffs the app's protocol and offers ALPN http/1.1 or h2; the inbound parses
+           every request (llhttp / nghttp2) and decides it against an ALLOW policy with from
+           identities + to methods [GET] + paths ["/*"] (so the path is normalised and matched).
+  HAProxy: mode http on both ends, TLS 1.3 with client-certificate verification between them
+           (ALPN http/1.1 or h2), the inbound evaluates `http-request deny unless { client
+           certificate CN } { method GET } { path_beg / }` and sets a verified-identity header on
+           every request, as ward does. HTTP/2: `bind ... proto h2` for the h2c side, h2 over TLS
+           between the pair, `server ... proto h2` to the backend.
+  HTTP/1.1: wrk -t1 -c32 keep-alive, small body: req/s, p50, p99.
+  HTTP/2:   h2load -c4 -m100 -n N (h2c prior knowledge; N sized from a warm-up to last about
+            --duration seconds, capped): req/s.
+Before measuring, a GET must get 200 and a POST 403 through each pair (proof the rule is applied);
+ward's ward_authz_decisions_total must grow by one per request during the phase.
+After the runs, tools/bench/authz (the policy matcher microbenchmark), when present, is run once
+and its lines are printed with the summary.
 Python 3 standard library only.
 """
 import argparse
@@ -33,8 +57,8 @@ SYSTEMS = ("ward", "nginx", "haproxy")
 SMALL_PATH = "/"
 BIG_PATH = "/1m"
 BIG_SIZE = 1 << 20
-SERVER_ID = "spiffe://test.local/ns/default/sa/backend"
 WRK_TIMEOUT = "2s"
+H2_REQUESTS_MIN, H2_REQUESTS_MAX = 20000, 3000000
 
 
 class BenchError(Exception):
@@ -307,10 +331,12 @@ def nginx_proc(name, d, conf):
 
 class System:
     name = "?"
+    l7 = False  # True for the pairs of the policy-enforcing HTTP rows
 
     def __init__(self, bench, run=0):
         self.b = bench
-        self.dir = os.path.join(bench.work, self.name, "run%d" % (run + 1))
+        self.dir = os.path.join(bench.work, self.name + ("-http" if self.l7 else ""),
+                                "run%d" % (run + 1))
         os.makedirs(self.dir, exist_ok=True)
         self.procs = []          # [outbound, inbound] (+ more for logs)
         self.out_port = None     # keep-alive listener on the outbound
@@ -510,24 +536,7 @@ class HaproxySystem(System):
         # sized like nginx's worker_connections: enough for the held connections, not more
         # (haproxy sizes its fd tables from maxconn)
         maxconn = max(1024, min(b.nofile // 2 - 200, b.a.conns + 1024))
-        self.sock_in = os.path.join(self.dir, "inbound.sock")
-        self.sock_out = os.path.join(self.dir, "outbound.sock")
-        common = """\
-global
-    nbthread 1
-    maxconn {maxconn}
-    stats socket {sock} mode 600 level admin
-defaults
-    mode {mode}
-    timeout connect 5s
-    timeout client 600s
-    timeout server 600s
-""".format(maxconn=maxconn, sock="{sock}", mode="tcp" if tcp else "http")
-        if not tcp:
-            common += """\
-    timeout http-request 30s
-    timeout http-keep-alive 600s
-"""
+        common = self.common_cfg(maxconn, tcp)
         tls_srv = "ssl crt {c}/client-combined.pem ca-file {c}/ca.pem verify required " \
                   "ssl-min-ver TLSv1.3".format(c=c)
         tls_bind = "ssl crt {c}/server-combined.pem ca-file {c}/ca.pem verify required " \
@@ -551,6 +560,28 @@ backend app
         else:
             out_cfg, in_cfg = self.http_cfgs(common, c, b)
         self.write_and_start(out_cfg, in_cfg)
+
+    def common_cfg(self, maxconn, tcp):
+        """The global + defaults sections; `{sock}` is left for the stats socket path."""
+        self.sock_in = os.path.join(self.dir, "inbound.sock")
+        self.sock_out = os.path.join(self.dir, "outbound.sock")
+        common = """\
+global
+    nbthread 1
+    maxconn {maxconn}
+    stats socket {sock} mode 600 level admin
+defaults
+    mode {mode}
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+""".format(maxconn=maxconn, sock="{sock}", mode="tcp" if tcp else "http")
+        if not tcp:
+            common += """\
+    timeout http-request 30s
+    timeout http-keep-alive 600s
+"""
+        return common
 
     def http_cfgs(self, common, c, b):
         out_cfg = common.format(sock=self.sock_out) + """\
@@ -631,18 +662,32 @@ class WardSystem(System):
                              "-DCMAKE_BUILD_TYPE=Release && cmake --build %s/build)"
                              % (b.ward_bin, b.repo, b.repo, b.repo))
         self.out_port = b.ports.get()
-        self.close_port = self.out_port  # L4: every client connection is its own mTLS connection
+        self.close_port = self.out_port  # ward: every client connection is its own mTLS connection
         self.in_port = b.ports.get()
+        if b.peer_mode == "tcp":
+            # L4 rows: opaque TCP (the outbound does not sniff the inbound's port and offers
+            # ALPN ward-tcp), one policy decision per connection (rule: from identities only)
+            policy, out_extra = b.policy_l4, ["--server-first-ports", str(self.in_port)]
+        else:
+            # HTTP peers: ward as in production, sniffing HTTP and deciding every request
+            policy, out_extra = b.policy_http, []
+        self.start_pair([(self.out_port, self.in_port, b.backend_port)], policy, out_extra)
+
+    def start_pair(self, mappings, policy, out_extra=()):
+        """mappings: [(outbound listen port, inbound listen port, app port)]; the inbound gets
+        --policy policy."""
+        b, c = self.b, self.b.certs
         self.adm_out, self.adm_in = b.ports.get(), b.ports.get()
         common = ["--workers", "1", "--ca", c + "/ca.pem", "--log-level", b.ward_log_level,
                   "--drain-timeout", "1s"]
-        inb = [b.ward_bin, "--cert", c + "/server.pem", "--key", c + "/server-key.pem"] + common + [
-            "--inbound", "127.0.0.1:%d=127.0.0.1:%d" % (self.in_port, b.backend_port),
-            "--admin", "127.0.0.1:%d" % self.adm_in]
-        outb = [b.ward_bin, "--cert", c + "/client.pem", "--key", c + "/client-key.pem"] + common + [
-            "--outbound", "127.0.0.1:%d=127.0.0.1:%d,identity=%s"
-            % (self.out_port, self.in_port, SERVER_ID),
-            "--admin", "127.0.0.1:%d" % self.adm_out]
+        inb = [b.ward_bin, "--cert", c + "/server.pem", "--key", c + "/server-key.pem"] + common
+        outb = [b.ward_bin, "--cert", c + "/client.pem", "--key", c + "/client-key.pem"] + common
+        for out_port, in_port, app_port in mappings:
+            inb += ["--inbound", "127.0.0.1:%d=127.0.0.1:%d" % (in_port, app_port)]
+            outb += ["--outbound", "127.0.0.1:%d=127.0.0.1:%d,identity=%s"
+                     % (out_port, in_port, b.server_id)]
+        inb += ["--policy", policy, "--admin", "127.0.0.1:%d" % self.adm_in]
+        outb += list(out_extra) + ["--admin", "127.0.0.1:%d" % self.adm_out]
         self.procs = [Proc("ward outbound", outb, os.path.join(self.dir, "outbound.log"),
                            cwd=self.dir),
                       Proc("ward inbound", inb, os.path.join(self.dir, "inbound.log"),
@@ -702,6 +747,23 @@ class WardSystem(System):
         v = self.metric_sum(self.metrics(self.adm_in), "ward_connections_total", direction="inbound")
         return None if v is None else int(v)
 
+    def policy_counters(self):
+        """Inbound policy decisions (allow, deny) and connections by protocol so far."""
+        t = self.metrics(self.adm_in)
+        out = {}
+        for dec in ("allow", "deny"):
+            v = self.metric_sum(t, "ward_authz_decisions_total", direction="inbound",
+                                decision=dec)
+            out[dec] = int(v) if v is not None else 0
+        for proto in ("tcp", "http1", "http2"):
+            v = self.metric_sum(t, "ward_connections_by_protocol_total", direction="inbound",
+                                protocol=proto)
+            out["conns_" + proto] = int(v) if v is not None else 0
+        return out
+
+    def policy_note(self):
+        return "inbound policy decisions/protocols: %s" % self.policy_counters()
+
     def resumption_note(self):
         t = self.metrics(self.adm_in)
         ok = self.metric_sum(t, "ward_tls_handshakes_total", direction="inbound", result="success")
@@ -710,6 +772,87 @@ class WardSystem(System):
         return "inbound handshakes ok=%s failed=%s resumed=%s" % (
             None if ok is None else int(ok), None if fail is None else int(fail),
             None if res is None else int(res))
+
+
+class L7Ports:
+    """Listeners of a policy-enforcing HTTP pair: an HTTP/1.1 and an HTTP/2 mapping."""
+
+    def l7_ports(self):
+        b = self.b
+        self.h1_out, self.h1_in = b.ports.get(), b.ports.get()
+        self.h2_out, self.h2_in = b.ports.get(), b.ports.get()
+        self.out_port = self.close_port = self.h1_out
+        self.in_port = self.h1_in
+
+
+class WardL7System(L7Ports, WardSystem):
+    """ward pair for the HTTP rows: the outbound sniffs (HTTP/1 method or HTTP/2 preface) and
+    offers the matching ALPN; the inbound parses and decides every request against the HTTP
+    policy (from identities + GET + /*), then forwards HTTP/1.1 to nginx or h2c to nghttpd."""
+    l7 = True
+
+    def start(self):
+        b = self.b
+        if not (os.path.isfile(b.ward_bin) and os.access(b.ward_bin, os.X_OK)):
+            raise BenchError("ward binary %s not found" % b.ward_bin)
+        self.l7_ports()
+        self.start_pair([(self.h1_out, self.h1_in, b.backend_port),
+                         (self.h2_out, self.h2_in, b.h2_backend_port)], b.policy_http)
+
+    def listeners(self):
+        return [self.h1_out, self.h2_out, self.adm_out, self.adm_in]
+
+
+class HaproxyL7System(L7Ports, HaproxySystem):
+    """HAProxy pair for the HTTP rows: mode http on both ends, mTLS between them with ALPN
+    http/1.1 or h2, a per-request ACL on the inbound (client certificate CN + method GET +
+    path_beg /) and a verified-identity header set on every request."""
+    l7 = True
+
+    def start(self):
+        b, c = self.b, self.b.certs
+        self.l7_ports()
+        maxconn = 4096
+        common = self.common_cfg(maxconn, tcp=False)
+        tls_srv = "ssl crt {c}/client-combined.pem ca-file {c}/ca.pem verify required " \
+                  "ssl-min-ver TLSv1.3".format(c=c)
+        tls_bind = "ssl crt {c}/server-combined.pem ca-file {c}/ca.pem verify required " \
+                   "ssl-min-ver TLSv1.3".format(c=c)
+        out_cfg = common.format(sock=self.sock_out) + """\
+frontend h1_outbound
+    bind 127.0.0.1:{h1out}
+    default_backend h1_inbound
+backend h1_inbound
+    server inbound 127.0.0.1:{h1in} {tls} alpn http/1.1
+frontend h2_outbound
+    bind 127.0.0.1:{h2out} proto h2
+    default_backend h2_inbound
+backend h2_inbound
+    server inbound 127.0.0.1:{h2in} {tls} alpn h2
+""".format(h1out=self.h1_out, h1in=self.h1_in, h2out=self.h2_out, h2in=self.h2_in, tls=tls_srv)
+        # the same decision as ward's HTTP policy, per request: the caller's verified certificate
+        # (HAProxy 2.6 has no URI-SAN fetch: its subject CN), the method, the path
+        rule = """\
+    http-request deny unless {{ ssl_c_s_dn(CN) -m str {cn} }} {{ method GET }} {{ path_beg / }}
+    http-request set-header x-forwarded-client-cert "By={me};Hash=%[ssl_c_der,sha2(256),hex];CN=%[ssl_c_s_dn(CN)]"
+""".format(cn=b.client_cn, me=b.server_id)
+        in_cfg = common.format(sock=self.sock_in) + """\
+frontend h1_inbound
+    bind 127.0.0.1:{h1in} {tls} alpn http/1.1
+{rule}    default_backend app_h1
+backend app_h1
+    server app 127.0.0.1:{bk}
+frontend h2_inbound
+    bind 127.0.0.1:{h2in} {tls} alpn h2
+{rule}    default_backend app_h2
+backend app_h2
+    server app 127.0.0.1:{h2bk} proto h2
+""".format(h1in=self.h1_in, h2in=self.h2_in, tls=tls_bind, rule=rule, bk=b.backend_port,
+           h2bk=b.h2_backend_port)
+        self.write_and_start(out_cfg, in_cfg)
+
+    def listeners(self):
+        return [self.h1_out, self.h2_out, self.h1_in, self.h2_in]
 
 
 # ----------------------------------------------------------------------------- load generators
@@ -754,15 +897,54 @@ def run_wrk(url, conns, duration, latency=False, headers=(), timeout=None):
     return r
 
 
-def curl(url, headers=(), timeout=5):
-    argv = ["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}"]
+def curl(url, headers=(), timeout=5, extra=(), version=False):
+    """-> (rc, http status, body, stderr), and the HTTP version (curl's %{http_version}) after
+    the status when version=True."""
+    argv = ["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code} %{http_version}"]
+    argv += list(extra)
     for h in headers:
         argv += ["-H", h]
     argv.append(url)
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout + 5)
-    out = p.stdout
-    body, _, code = out.rpartition(b"\n")
-    return p.returncode, code.decode(errors="replace"), body, p.stderr.decode(errors="replace")
+    body, _, tail = p.stdout.rpartition(b"\n")
+    code, _, ver = tail.decode(errors="replace").partition(" ")
+    r = (p.returncode, code, body, p.stderr.decode(errors="replace"))
+    return r + (ver,) if version else r
+
+
+def parse_h2load(text):
+    r = {"raw": text}
+    m = re.search(r"finished in ([0-9.]+)(s|ms), ([0-9.]+) req/s", text)
+    r["rps"] = float(m.group(3)) if m else None
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    keys = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    r["requests"] = dict(zip(keys, map(int, m.groups()))) if m else {}
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    r["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups()))) if m else {}
+    # time for request:  min  max  mean  sd  +/- sd
+    m = re.search(r"time for request:\s+([0-9.]+)(us|ms|s)\s+([0-9.]+)(us|ms|s)\s+"
+                  r"([0-9.]+)(us|ms|s)", text)
+    r["mean_ms"] = float(m.group(5)) * UNITS_TIME[m.group(6)] if m else None
+    r["max_ms"] = float(m.group(3)) * UNITS_TIME[m.group(4)] if m else None
+    return r
+
+
+def run_h2load(url, n, clients=4, streams=100, timeout=120):
+    """h2load with h2c prior knowledge (an http:// URI), bounded by -n and a wall-clock limit."""
+    argv = ["h2load", "-n", str(n), "-c", str(clients), "-m", str(streams), "-t", "1", url]
+    try:
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError("h2load did not finish %d requests within %ds: %s"
+                         % (n, timeout, " ".join(argv)))
+    text = p.stdout.decode(errors="replace")
+    if p.returncode != 0:
+        raise BenchError("h2load failed (exit %d): %s\n%s" % (p.returncode, " ".join(argv), text))
+    r = parse_h2load(text)
+    r["cmd"] = " ".join(argv)
+    return r
 
 
 async def _http_roundtrip(reader, writer, timeout):
@@ -872,6 +1054,15 @@ METRICS = [
     ("priv_idle_mib", "idle private mem, pair sum, MiB", False, None, "{:.2f}"),
     ("priv_kib_per_conn", "private KiB per held conn (pair)", False, None, "{:.2f}"),
 ]
+# policy-enforcing HTTP rows (ward vs HAProxy mode http; see the module docstring)
+L7_METRICS = [
+    ("h1_rps", "HTTP/1.1 + policy req/s (c32)", True, (">=", 1.3, "ratio"), "{:.0f}"),
+    ("h1_p50_ms", "HTTP/1.1 + policy p50 ms", False, None, "{:.3f}"),
+    ("h1_p99_ms", "HTTP/1.1 + policy p99 ms", False, None, "{:.3f}"),
+    ("h2_rps", "HTTP/2 + policy req/s (c4 m100)", True, (">=", 1.3, "ratio"), "{:.0f}"),
+    ("h2_mean_ms", "HTTP/2 + policy mean ms/request", False, None, "{:.3f}"),
+]
+L7_KEYS = set(m[0] for m in L7_METRICS)
 
 
 class Bench:
@@ -891,15 +1082,18 @@ class Bench:
         self.notes = {}          # name -> [per-run notes]
         self.run_idx = 0
         self.errors = []
-        self.failed = set()
+        self.failed = set()      # systems whose L4 pair failed
+        self.failed_l7 = set()   # systems whose policy-enforcing HTTP pair failed
         self.systems = []
+        self.l7 = not a.no_http
+        self.authz = None        # tools/bench/authz: {"cmd", "rc", "lines"}
 
     def fail(self, system, msg, with_logs=True):
         line = "%s: %s%s" % (system.name if system else "bench",
                              "run %d/%d: " % (self.run_idx + 1, self.a.runs)
                              if self.a.runs > 1 else "", msg)
         if system is not None:
-            self.failed.add(system.name)
+            (self.failed_l7 if system.l7 else self.failed).add(system.name)
         self.errors.append(line)
         print("\nbench: ERROR: " + line, file=sys.stderr, flush=True)
         if with_logs and system is not None:
@@ -928,6 +1122,79 @@ class Bench:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         m = re.search(r"CN=(.+)", p.stdout.decode(errors="replace"))
         self.server_name = m.group(1).strip() if m else "server"
+        self.server_id = self.cert_spiffe_id("server.pem")
+        self.client_id = self.cert_spiffe_id("client.pem")
+        p = subprocess.run(["openssl", "x509", "-in", os.path.join(self.certs, "client.pem"),
+                            "-noout", "-subject", "-nameopt", "sep_multiline"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        m = re.search(r"CN=(.+)", p.stdout.decode(errors="replace"))
+        if not m:
+            raise BenchError("client.pem has no subject CN (HAProxy's HTTP rule matches it)")
+        self.client_cn = m.group(1).strip()
+        self.write_policies()
+
+    def cert_spiffe_id(self, name):
+        """The one URI SAN (SPIFFE id) of a minted certificate."""
+        p = subprocess.run(["openssl", "x509", "-in", os.path.join(self.certs, name), "-noout",
+                            "-ext", "subjectAltName"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        ids = re.findall(r"URI:(spiffe://[^\s,]+)", p.stdout.decode(errors="replace"))
+        if len(ids) != 1:
+            raise BenchError("%s: expected one SPIFFE URI SAN, found %r" % (name, ids))
+        return ids[0]
+
+    def write_policies(self):
+        """ALLOW policies selecting the inbound's id (server.pem) that admit the outbound's id
+        (client.pem): from-only for the L4 rows; from + GET + /* for the HTTP rows."""
+        doc = """\
+apiVersion: ward.dev/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: default}}
+spec:
+  selector: {{identity: "{server}"}}
+  action: ALLOW
+  rules:
+  - from: [{{identities: ["{client}"]}}]
+{to}"""
+        self.policy_l4 = os.path.join(self.work, "policy-l4.yaml")
+        self.policy_http = os.path.join(self.work, "policy-http.yaml")
+        for path, name, to in (
+                (self.policy_l4, "bench-l4", ""),
+                (self.policy_http, "bench-http",
+                 '    to: [{methods: [GET], paths: ["/*"]}]\n')):
+            with open(path, "w") as f:
+                f.write(doc.format(name=name, server=self.server_id, client=self.client_id,
+                                   to=to))
+        wardctl = os.path.join(os.path.dirname(os.path.dirname(self.ward_bin)), "tools",
+                               "wardctl")
+        if os.access(wardctl, os.X_OK):
+            p = subprocess.run([wardctl, "policy", "check", self.policy_l4, self.policy_http],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+            if p.returncode != 0:
+                raise BenchError("wardctl policy check refused the bench policies:\n"
+                                 + p.stdout.decode(errors="replace"))
+
+    def start_h2_backend(self):
+        """nghttpd (Debian nghttp2-server) as the h2c backend of the HTTP/2 row: one worker,
+        cleartext, serving an "ok" index.html."""
+        d = os.path.join(self.work, "h2backend")
+        www = os.path.join(d, "www")
+        os.makedirs(www, exist_ok=True)
+        with open(os.path.join(www, "index.html"), "w") as f:
+            f.write("ok")
+        if not shutil.which("nghttpd"):
+            raise BenchError("nghttpd not found (Debian package nghttp2-server; tools/deps "
+                             "installs it): the HTTP/2 row needs an h2c backend")
+        self.h2_backend_port = self.ports.get()
+        self.h2_backend = Proc("backend nghttpd", [
+            "nghttpd", "--no-tls", "-n", "1", "-a", "127.0.0.1", "-d", www,
+            str(self.h2_backend_port)], os.path.join(d, "nghttpd.log"), cwd=d).start()
+        wait_port(self.h2_backend_port, [self.h2_backend])
+        rc, code, body, err, ver = curl("http://127.0.0.1:%d/" % self.h2_backend_port,
+                                        extra=("--http2-prior-knowledge",), version=True)
+        if rc != 0 or code != "200" or body != b"ok" or ver != "2":
+            raise BenchError("h2c backend check failed: curl rc=%d code=%s version=%s body=%r %s"
+                             % (rc, code, ver, body[:80], err))
 
     def start_backend(self):
         d = os.path.join(self.work, "backend")
@@ -978,6 +1245,91 @@ class Bench:
             raise BenchError("after %s: %s" % (phase, ", ".join(
                 "%s (pid %d) %s" % (p.name, p.pid, describe_exit(p.exit_status()))
                 for p in dead)))
+
+    def check_l7(self, s):
+        """Through each mapping of a policy-enforcing pair: GET / is allowed (200 "ok", over
+        HTTP/2 for the h2 mapping), POST / is denied with 403 by the inbound's rule."""
+        pc0 = s.policy_counters() if isinstance(s, WardSystem) else None
+        for port, what, extra, ver_want in ((s.h1_out, "HTTP/1.1", (), "1.1"),
+                                            (s.h2_out, "HTTP/2", ("--http2-prior-knowledge",),
+                                             "2")):
+            url = "http://127.0.0.1:%d/" % port
+            rc, code, body, err, ver = curl(url, extra=extra, version=True)
+            if rc != 0 or code != "200" or body != b"ok" or ver != ver_want:
+                raise BenchError("%s GET through the %s HTTP pair failed (%s): rc=%d http=%s "
+                                 "version=%s body=%r %s" % (what, s.name, url, rc, code, ver,
+                                                            body[:80], err.strip()))
+            rc, code, body, err, ver = curl(url, extra=tuple(extra) + ("-X", "POST"),
+                                            version=True)
+            if rc != 0 or code != "403":
+                raise BenchError("%s POST through the %s HTTP pair was not denied with 403 (%s): "
+                                 "rc=%d http=%s body=%r %s; the per-request policy is not "
+                                 "applied" % (what, s.name, url, rc, code, body[:80],
+                                              err.strip()))
+        if pc0 is not None:
+            pc1 = s.policy_counters()
+            if pc1["deny"] - pc0["deny"] < 2 or pc1["allow"] - pc0["allow"] < 2:
+                raise BenchError("ward counted %d allowed and %d denied decisions for 2 GETs and "
+                                 "2 POSTs" % (pc1["allow"] - pc0["allow"],
+                                              pc1["deny"] - pc0["deny"]))
+
+    def policy_delta(self, s, pc0, requests, phase, proto):
+        """ward: one allow decision per request in the phase, on connections of proto."""
+        pc1 = s.policy_counters()
+        d = {k: pc1[k] - pc0[k] for k in pc1}
+        s.notes[phase + "_policy"] = d
+        if requests and d["allow"] < 0.99 * requests:
+            raise BenchError("%s phase: %d requests but only %d allow decisions; ward did not "
+                             "decide every request (%s)" % (phase, requests, d["allow"], d))
+        if d["conns_" + proto] == 0 or d["conns_tcp"] > 0:
+            raise BenchError("%s phase: the inbound did not carry the traffic as %s (%s)"
+                             % (phase, proto, d))
+        return ", ward inbound decided %d requests (allow), %d denied" % (d["allow"], d["deny"])
+
+    def measure_l7(self, s):
+        res, d = s.res, self.duration
+        is_ward = isinstance(s, WardSystem)
+        url = "http://127.0.0.1:%d%s" % (s.h1_out, SMALL_PATH)
+        log("[%s http] HTTP/1.1 + policy: wrk -t1 -c%d -d%ds --latency %s"
+            % (s.name, self.a.wrk_conns, d, url))
+        run_wrk(url, self.a.wrk_conns, 1)  # warm-up
+        pc0 = s.policy_counters() if is_ward else None
+        r = run_wrk(url, self.a.wrk_conns, d, latency=True)
+        self.check_alive(s, "HTTP/1.1 phase")
+        self.wrk_ok(s, "HTTP/1.1 phase", r)
+        note = self.policy_delta(s, pc0, r["requests"], "h1", "http1") if is_ward else ""
+        res.update(h1_rps=r["rps"], h1_p50_ms=r["p50_ms"], h1_p99_ms=r["p99_ms"])
+        log("[%s http]   %.0f req/s, p50 %.3f ms, p99 %.3f ms%s"
+            % (s.name, r["rps"], r["p50_ms"] or -1, r["p99_ms"] or -1, note))
+
+        url = "http://127.0.0.1:%d/" % s.h2_out
+        # warm-up and calibration: N such that the measured run lasts about --duration seconds
+        # (a second warm-up of ~1s when the first was too short to show the steady rate)
+        warm = run_h2load(url, H2_REQUESTS_MIN, timeout=60)
+        self.h2load_ok(s, "HTTP/2 warm-up", warm)
+        if warm["rps"] > 2 * H2_REQUESTS_MIN:
+            warm = run_h2load(url, int(min(self.a.h2_max_requests, warm["rps"])), timeout=60)
+            self.h2load_ok(s, "HTTP/2 warm-up", warm)
+        n = int(min(self.a.h2_max_requests, max(H2_REQUESTS_MIN, warm["rps"] * d)))
+        log("[%s http] HTTP/2 + policy: h2load -n %d -c 4 -m 100 -t 1 %s  (h2c prior knowledge; "
+            "n from the warm-up's %.0f req/s x %ds)" % (s.name, n, url, warm["rps"], d))
+        pc0 = s.policy_counters() if is_ward else None
+        r = run_h2load(url, n, timeout=max(60, 6 * d + 30))
+        self.check_alive(s, "HTTP/2 phase")
+        self.h2load_ok(s, "HTTP/2 phase", r)
+        note = self.policy_delta(s, pc0, n, "h2", "http2") if is_ward else ""
+        res.update(h2_rps=r["rps"], h2_mean_ms=r["mean_ms"])
+        s.notes["h2_requests"] = n
+        log("[%s http]   %.0f req/s, mean %.3f ms, max %.3f ms%s"
+            % (s.name, r["rps"], r["mean_ms"] or -1, r["max_ms"] or -1, note))
+
+    def h2load_ok(self, s, phase, r):
+        q, st = r["requests"], r["status"]
+        if not r["rps"] or not q:
+            raise BenchError("%s: h2load made no requests\n%s" % (phase, r["raw"]))
+        if q["succeeded"] != q["total"] or st.get("2xx") != q["total"]:
+            raise BenchError("%s: %d of %d requests succeeded, status codes %s\n%s"
+                             % (phase, q["succeeded"], q["total"], st, r["raw"]))
 
     # -- measurement
     def wrk_ok(self, s, phase, r, max_err_frac=0.01):
@@ -1112,6 +1464,16 @@ class Bench:
         self.setup_certs()
         self.start_backend()
         classes = {"ward": WardSystem, "nginx": NginxSystem, "haproxy": HaproxySystem}
+        l7_classes = {"ward": WardL7System, "haproxy": HaproxyL7System}
+        l7_wanted = [w for w in wanted if w in l7_classes] if self.l7 else []
+        if l7_wanted:
+            try:
+                self.start_h2_backend()
+            except BenchError as e:
+                self.errors.append("bench: HTTP rows skipped: %s" % e)
+                print("\nbench: ERROR: HTTP rows skipped: %s" % e, file=sys.stderr, flush=True)
+                self.failed_l7.update(l7_wanted)
+                l7_wanted = []
         for name in wanted:
             self.runs[name] = []
             self.notes[name] = []
@@ -1151,6 +1513,35 @@ class Bench:
                 # the other pairs stay up but idle; stop this one so it cannot disturb the next
                 for p in s.procs:
                     p.stop()
+            # policy-enforcing HTTP rows: one pair at a time, results into the same run's cells
+            for name in l7_wanted:
+                s = l7_classes[name](self, run)
+                s.res = self.runs[name][run]
+                s.notes = self.notes[name][run].setdefault("http", {})
+                try:
+                    s.start()
+                    s.ready()
+                    self.check_l7(s)
+                    log("[%s http] pair up: HTTP/1.1 127.0.0.1:%d -> 127.0.0.1:%d -> nginx "
+                        "127.0.0.1:%d; HTTP/2 127.0.0.1:%d -> 127.0.0.1:%d -> nghttpd "
+                        "127.0.0.1:%d (pids %s); GET allowed, POST denied (403)"
+                        % (name, s.h1_out, s.h1_in, self.backend_port, s.h2_out, s.h2_in,
+                           self.h2_backend_port, " ".join(str(p) for p in s.roots())))
+                    self.measure_l7(s)
+                except (BenchError, subprocess.TimeoutExpired) as e:
+                    time.sleep(0.5)
+                    dead = ["%s (pid %d) %s" % (p.name, p.pid, describe_exit(p.exit_status()))
+                            for p in s.dead()]
+                    self.fail(s, "HTTP rows: " + str(e)
+                              + ("\n  and: " + ", ".join(dead) if dead else ""))
+                if isinstance(s, WardSystem) and s.procs:
+                    try:
+                        s.notes["policy_counters_at_end"] = s.policy_counters()
+                    except Exception:  # noqa: BLE001
+                        pass
+                for p in s.procs:
+                    p.stop()
+        self.run_authz_bench()
         # median per cell over the runs that produced a value
         for name in wanted:
             keys = set(k for r in self.runs[name] for k in r)
@@ -1161,17 +1552,58 @@ class Bench:
         self.report(wanted)
         return 1 if self.errors else 0
 
+    def run_authz_bench(self):
+        """tools/bench/authz (policy matcher microbenchmark over build/tools/ward-authz-bench),
+        once, when it exists; its output lines go into the summary."""
+        if self.a.no_authz:
+            return
+        script = os.path.join(self.repo, "tools/bench/authz")
+        if not os.path.isfile(script):
+            log("[authz] %s not present; matcher microbenchmark skipped" % script)
+            return
+        # the script runs WARD_BUILD_DIR/tools/ward-authz-bench: the build the ward binary is from
+        env = dict(os.environ)
+        env.setdefault("WARD_BUILD_DIR", os.path.dirname(os.path.dirname(self.ward_bin)))
+        binary = os.path.join(env["WARD_BUILD_DIR"], "tools", "ward-authz-bench")
+        argv = [script] + (["--quick"] if self.a.quick else [])
+        if not os.access(binary, os.X_OK):
+            log("[authz] %s not built; matcher microbenchmark skipped" % binary)
+            self.authz = {"cmd": " ".join(argv), "rc": "skipped",
+                          "lines": ["%s not built (cmake --build %s --target ward-authz-bench)"
+                                    % (binary, env["WARD_BUILD_DIR"])]}
+            return
+        log("[authz] policy matcher microbenchmark: WARD_BUILD_DIR=%s %s"
+            % (env["WARD_BUILD_DIR"], " ".join(argv)))
+        try:
+            p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               timeout=self.a.authz_timeout, cwd=self.repo, env=env)
+            text, rc = p.stdout.decode(errors="replace"), p.returncode
+        except subprocess.TimeoutExpired as e:
+            text = (e.output or b"").decode(errors="replace")
+            rc = "timeout after %ds" % self.a.authz_timeout
+        except OSError as e:
+            text, rc = str(e), "could not run"
+        lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        self.authz = {"cmd": " ".join(argv), "rc": rc, "lines": lines}
+        for ln in lines:
+            log("[authz]   " + ln)
+        if rc not in (0, "skipped"):
+            self.errors.append("authz microbenchmark: %s exited %s" % (" ".join(argv), rc))
+            print("\nbench: ERROR: authz microbenchmark %s exited %s" % (" ".join(argv), rc),
+                  file=sys.stderr, flush=True)
+
     # -- output
     def report(self, wanted):
         peers = [x for x in wanted if x != "ward"]
         rows, verdicts, ratios = [], {}, {}
-        for key, label, higher, target, fmt in METRICS:
+        for key, label, higher, target, fmt in METRICS + (L7_METRICS if self.l7 else []):
             label = label.replace("N conns", "%d conns" % self.a.conns)
+            failed = self.failed_l7 if key in L7_KEYS else self.failed
             cells = []
             for sname in wanted:
                 v = self.results.get(sname, {}).get(key)
                 nv = self.counts.get(sname, {}).get(key, 0)
-                cells.append(("FAIL" if sname in self.failed else "-") if v is None
+                cells.append(("FAIL" if sname in failed else "-") if v is None
                              else fmt.format(v) + ("" if nv == self.a.runs
                                                    else " (%d/%d runs)" % (nv, self.a.runs)))
             ratio_s, tgt_s, verdict = "-", "", ""
@@ -1213,8 +1645,17 @@ class Bench:
             "ratio = ward/best peer (best = max for rates, min for latency/memory)"
             % ("median of %d runs" % self.a.runs if self.a.runs > 1 else "1 run",
                self.duration, self.a.conns, os.cpu_count() or 0))
+        if self.l7:
+            log("HTTP + policy rows: ward (inbound parses and decides every request: from %s, "
+                "GET, /*) vs HAProxy mode http (inbound ACL: client cert CN, GET, path_beg /); "
+                "nginx not measured there" % self.client_id)
         for ln in lines:
             log(ln)
+        if self.authz is not None:
+            log("policy matcher microbenchmark (%s, exit %s):" % (self.authz["cmd"],
+                                                                 self.authz["rc"]))
+            for ln in self.authz["lines"]:
+                log("  " + ln)
         if self.errors:
             log("ERRORS (%d):" % len(self.errors))
             for e in self.errors:
@@ -1229,6 +1670,9 @@ class Bench:
                 "systems": wanted, "results": self.results, "notes": self.notes,
                 "ratios_ward_over_best_peer": ratios, "targets": verdicts,
                 "errors": self.errors, "elapsed_s": round(self.elapsed, 1),
+                "policies": {"l4": self.policy_l4, "http": self.policy_http,
+                             "server_id": self.server_id, "client_id": self.client_id},
+                "authz_microbench": self.authz,
                 "versions": self.versions(),
             }
             with open(self.a.json, "w") as f:
@@ -1239,7 +1683,9 @@ class Bench:
     def versions(self):
         v = {}
         for name, argv in (("nginx", ["nginx", "-v"]), ("haproxy", ["haproxy", "-v"]),
-                           ("wrk", ["wrk", "-v"]), ("ward", [self.ward_bin, "--version"])):
+                           ("wrk", ["wrk", "-v"]), ("ward", [self.ward_bin, "--version"]),
+                           ("h2load", ["h2load", "--version"]),
+                           ("nghttpd", ["nghttpd", "--version"])):
             try:
                 p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    timeout=5)
@@ -1268,15 +1714,30 @@ def main():
                          "with pooled keep-alive upstream connections (http)")
     ap.add_argument("--runs", type=int, default=1,
                     help="repeat the whole measurement K times, report the median (default 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short run: --duration 2, --conns 1000, HTTP/2 at most 200000 requests")
+    ap.add_argument("--no-http", action="store_true",
+                    help="skip the policy-enforcing HTTP/1.1 and HTTP/2 rows (ward vs HAProxy)")
+    ap.add_argument("--h2-max-requests", type=int, default=H2_REQUESTS_MAX,
+                    help="cap on h2load -n for the HTTP/2 row (default %d)" % H2_REQUESTS_MAX)
+    ap.add_argument("--no-authz", action="store_true",
+                    help="do not run tools/bench/authz (policy matcher microbenchmark)")
+    ap.add_argument("--authz-timeout", type=int, default=300,
+                    help="wall-clock limit for tools/bench/authz in seconds (default 300)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     ap.add_argument("--workdir", required=True, help=argparse.SUPPRESS)
     ap.add_argument("--repo", required=True, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.quick:
+        a.duration = min(a.duration, 2)
+        a.conns = min(a.conns, 1000)
+        a.h2_max_requests = min(a.h2_max_requests, 200000)
     if a.duration < 1:
         ap.error("--duration must be at least 1")
     if a.runs < 1:
         ap.error("--runs must be at least 1")
-    for tool in ("nginx", "haproxy", "wrk", "curl", "openssl", "ss"):
+    for tool in ("nginx", "haproxy", "wrk", "curl", "openssl", "ss") + (
+            () if a.no_http else ("h2load",)):
         if not shutil.which(tool):
             print("bench: ERROR: %s not found in PATH" % tool, file=sys.stderr)
             return 2
