@@ -7,6 +7,8 @@
 #include "ward/err.h"
 #include "ward/spiffe.h"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include <unistd.h>
 
 #include <openssl/bio.h>
+#include <openssl/bn.h>
 #include <openssl/bytestring.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -55,7 +58,7 @@ static atomic_uint_fast64_t ward__generation;
 
 static const char *const ward__reason_names[WARD_REASON_COUNT] = {
     "none",           "expired",         "not_yet_valid", "unknown_ca", "san_mismatch",
-    "no_client_cert", "bad_certificate", "protocol",      "timeout"};
+    "no_client_cert", "bad_certificate", "protocol",      "timeout",    "plaintext_rejected"};
 
 const char *ward_tls_reason_name(ward_tls_reason_t r)
 {
@@ -1282,4 +1285,395 @@ out:
     if (nb > 0) ward__free_der(bder, blen, nb);
     ERR_clear_error();
     return rc;
+}
+
+/* --- diagnosis (wardctl diagnose) ----------------------------------------------------------- */
+
+#define WARD_PROBE_AFTER_ACCEPT_MS 200 /* once the server has shown it accepted us */
+
+static pthread_once_t ward__probe_once = PTHREAD_ONCE_INIT;
+static int ward__ex_probe = -1;
+
+static void ward__probe_init_once(void)
+{
+    ward__ex_probe = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+const char *ward_tls_alert_name(int alert)
+{
+    static const struct {
+        int alert;
+        const char *name;
+    } names[] = {{0, "close_notify"},
+                 {10, "unexpected_message"},
+                 {20, "bad_record_mac"},
+                 {22, "record_overflow"},
+                 {40, "handshake_failure"},
+                 {42, "bad_certificate"},
+                 {43, "unsupported_certificate"},
+                 {44, "certificate_revoked"},
+                 {45, "certificate_expired"},
+                 {46, "certificate_unknown"},
+                 {47, "illegal_parameter"},
+                 {48, "unknown_ca"},
+                 {49, "access_denied"},
+                 {50, "decode_error"},
+                 {51, "decrypt_error"},
+                 {70, "protocol_version"},
+                 {71, "insufficient_security"},
+                 {80, "internal_error"},
+                 {86, "inappropriate_fallback"},
+                 {90, "user_canceled"},
+                 {109, "missing_extension"},
+                 {110, "unsupported_extension"},
+                 {112, "unrecognized_name"},
+                 {113, "bad_certificate_status_response"},
+                 {115, "unknown_psk_identity"},
+                 {116, "certificate_required"},
+                 {120, "no_application_protocol"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (names[i].alert == alert) return names[i].name;
+    return "unknown";
+}
+
+static void ward__probe_chain_free(ward_tls_probe_t *probe)
+{
+    for (size_t i = 0; i < probe->nchain; i++) {
+        ward_free(probe->chain_der[i]);
+        probe->chain_der[i] = NULL;
+    }
+    probe->nchain = 0;
+}
+
+void ward_tls_probe_free(ward_tls_probe_t *probe)
+{
+    ward__probe_chain_free(probe);
+}
+
+/* Keeps the server's chain and accepts it: the caller judges it with ward's rules afterwards, so
+ * that the server also gets to say what it thinks of our certificate. */
+static enum ssl_verify_result_t ward__probe_verify_cb(SSL *ssl, uint8_t *out_alert)
+{
+    ward_tls_probe_t *probe = SSL_get_ex_data(ssl, ward__ex_probe);
+    const STACK_OF(CRYPTO_BUFFER) *chain = SSL_get0_peer_certificates(ssl);
+    size_t n = chain ? sk_CRYPTO_BUFFER_num(chain) : 0;
+
+    if (probe == NULL) {
+        *out_alert = SSL_AD_INTERNAL_ERROR;
+        return ssl_verify_invalid;
+    }
+    ward__probe_chain_free(probe);
+    for (size_t i = 0; i < n && i < WARD_PROBE_MAX_CHAIN; i++) {
+        const CRYPTO_BUFFER *b = sk_CRYPTO_BUFFER_value(chain, i);
+        size_t len = CRYPTO_BUFFER_len(b);
+        uint8_t *copy = ward_malloc(len ? len : 1);
+        if (copy == NULL) {
+            *out_alert = SSL_AD_INTERNAL_ERROR;
+            return ssl_verify_invalid;
+        }
+        memcpy(copy, CRYPTO_BUFFER_data(b), len);
+        probe->chain_der[i] = copy;
+        probe->chain_len[i] = len;
+        probe->nchain = i + 1;
+    }
+    return ssl_verify_ok;
+}
+
+static void ward__probe_info_cb(const SSL *ssl, int type, int value)
+{
+    ward_tls_probe_t *probe = SSL_get_ex_data(ssl, ward__ex_probe);
+    if (probe == NULL || type != SSL_CB_READ_ALERT) return;
+    int desc = value & 0xff;
+    if (desc == SSL_AD_CLOSE_NOTIFY) return;
+    if (probe->alert < 0) {
+        probe->alert = desc;
+        probe->alert_after_handshake = probe->handshake_done;
+    }
+}
+
+static int ward__probe_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    ward_tls_probe_t *probe = SSL_get_ex_data(ssl, ward__ex_probe);
+    (void)sess;
+    if (probe != NULL) probe->ticket = 1;
+    return 0; /* not kept */
+}
+
+static int64_t ward__probe_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits until fd is readable (or writable) or deadline (monotonic ms) passes: 1 ready, 0 time is
+ * up, -1 poll failed. */
+static int ward__probe_wait(int fd, int want_write, int64_t deadline)
+{
+    for (;;) {
+        int64_t left = deadline - ward__probe_now_ms();
+        if (left <= 0) return 0;
+        struct pollfd pfd = {.fd = fd, .events = want_write ? POLLOUT : POLLIN};
+        int r = poll(&pfd, 1, left > INT32_MAX ? INT32_MAX : (int)left);
+        if (r > 0) return 1;
+        if (r == 0) return 0;
+        if (errno != EINTR) return -1;
+    }
+}
+
+/* Records why SSL_do_handshake / SSL_read failed with ssl_err (saved_errno from right after). */
+static void ward__probe_failed(SSL *ssl, ward_tls_probe_t *probe, int ssl_err, int saved_errno)
+{
+    if (ssl_err == SSL_ERROR_ZERO_RETURN ||
+        (ssl_err == SSL_ERROR_SYSCALL && saved_errno == 0 && ERR_peek_error() == 0)) {
+        probe->closed = 1;
+        probe->reason = WARD_REASON_PROTOCOL;
+        probe->detail = "the server closed the connection";
+        ERR_clear_error();
+        return;
+    }
+    if (ssl_err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+        probe->sys_errno = saved_errno;
+        probe->reason = WARD_REASON_PROTOCOL;
+        probe->detail = "transport error";
+        return;
+    }
+    /* An alert or a protocol error: read exactly as an outbound sidecar reads it. */
+    ward_tls_peer_t none;
+    memset(&none, 0, sizeof(none));
+    probe->reason = ward_tls_classify(ssl, &none, ssl_err, &probe->detail);
+}
+
+/* The handshake, then listening for a refusal until probe->listen_ms passes. */
+static void ward__probe_run(SSL *ssl, int fd, ward_tls_probe_t *probe)
+{
+    int64_t deadline = ward__probe_now_ms() + probe->timeout_ms;
+    for (;;) {
+        errno = 0;
+        int r = SSL_do_handshake(ssl);
+        int saved = errno;
+        if (r == 1) break;
+        int e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            if (ward__probe_wait(fd, e == SSL_ERROR_WANT_WRITE, deadline) > 0) continue;
+            probe->timed_out = 1;
+            probe->reason = WARD_REASON_TIMEOUT;
+            probe->detail = "the TLS handshake did not complete in time";
+            return;
+        }
+        ward__probe_failed(ssl, probe, e, saved);
+        return;
+    }
+    probe->handshake_done = 1;
+    probe->version = SSL_get_version(ssl);
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(ssl);
+    probe->cipher = cipher ? SSL_CIPHER_standard_name(cipher) : NULL;
+    const uint8_t *alpn = NULL;
+    unsigned alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    if (alpn_len < sizeof(probe->alpn_selected)) {
+        memcpy(probe->alpn_selected, alpn, alpn_len);
+        probe->alpn_selected[alpn_len] = '\0';
+    }
+
+    /* Send nothing; read until the server refuses us, closes, or time is up. */
+    deadline = ward__probe_now_ms() + probe->listen_ms;
+    int shortened = 0;
+    for (;;) {
+        uint8_t buf[4096];
+        errno = 0;
+        int r = SSL_read(ssl, buf, sizeof(buf));
+        int saved = errno;
+        if (r > 0) {
+            probe->app_bytes += r;
+            continue;
+        }
+        int e = SSL_get_error(ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            ward__probe_failed(ssl, probe, e, saved);
+            return;
+        }
+        if ((probe->ticket || probe->app_bytes > 0) && !shortened) {
+            int64_t soon = ward__probe_now_ms() + WARD_PROBE_AFTER_ACCEPT_MS;
+            if (soon < deadline) deadline = soon;
+            shortened = 1;
+        }
+        if (ward__probe_wait(fd, e == SSL_ERROR_WANT_WRITE, deadline) <= 0) break;
+    }
+    SSL_shutdown(ssl); /* best effort close_notify; the caller closes the socket */
+}
+
+int ward_tls_probe(int fd, ward_tls_probe_t *probe, char *err, size_t errlen)
+{
+    uint8_t **der = NULL;
+    size_t *lens = NULL;
+    int ncert = 0, rc = 0;
+    CRYPTO_BUFFER *chain[WARD_PROBE_MAX_CHAIN] = {0};
+    EVP_PKEY *key = NULL;
+    BIO *kbio = NULL;
+    X509 *leaf = NULL;
+    SSL_CTX *ctx = NULL;
+    SSL *ssl = NULL;
+    uint8_t list[64];
+
+    probe->nchain = 0;
+    probe->handshake_done = probe->timed_out = probe->alert_after_handshake = 0;
+    probe->ticket = probe->app_bytes = probe->closed = probe->sys_errno = 0;
+    probe->alert = -1;
+    probe->reason = WARD_REASON_NONE;
+    probe->detail = NULL;
+    probe->version = probe->cipher = NULL;
+    probe->alpn_selected[0] = '\0';
+
+    pthread_once(&ward__probe_once, ward__probe_init_once);
+    const char *proto = probe->alpn ? probe->alpn : WARD_ALPN_TCP;
+    size_t plen = strlen(proto);
+    if ((probe->cert_file == NULL) != (probe->key_file == NULL) || plen == 0 ||
+        plen >= sizeof(list)) {
+        snprintf(err, errlen, "give both a certificate and its key (or neither), one ALPN name");
+        return WARD_EINVAL;
+    }
+    if (ward__ex_probe < 0) {
+        snprintf(err, errlen, "out of memory");
+        return WARD_ENOMEM;
+    }
+    if (probe->cert_file != NULL) {
+        ncert = ward_pem_read_certs(probe->cert_file, &der, &lens);
+        if (ncert < 0 || ncert > WARD_PROBE_MAX_CHAIN) {
+            snprintf(err, errlen, "%s: %s", probe->cert_file,
+                     ncert < 0 ? "no readable PEM certificate" : "certificate chain too long");
+            rc = WARD_ECERT;
+            goto out;
+        }
+        kbio = BIO_new_file(probe->key_file, "r");
+        if (kbio == NULL || (key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL)) == NULL) {
+            snprintf(err, errlen, "%s: no readable PEM private key", probe->key_file);
+            rc = WARD_EKEY;
+            goto out;
+        }
+        const uint8_t *p = der[0];
+        leaf = d2i_X509(NULL, &p, (long)lens[0]);
+        if (leaf == NULL) {
+            snprintf(err, errlen, "%s: the first certificate does not parse", probe->cert_file);
+            rc = WARD_ECERT;
+            goto out;
+        }
+        if (!X509_check_private_key(leaf, key)) {
+            snprintf(err, errlen, "%s: private key does not match %s", probe->key_file,
+                     probe->cert_file);
+            rc = WARD_EKEYMISMATCH;
+            goto out;
+        }
+        for (int i = 0; i < ncert; i++) {
+            chain[i] = CRYPTO_BUFFER_new(der[i], lens[i], NULL);
+            if (chain[i] == NULL) {
+                snprintf(err, errlen, "out of memory");
+                rc = WARD_ENOMEM;
+                goto out;
+            }
+        }
+    }
+    /* The same protocol settings as the sidecars' contexts (ward__ctx_new). */
+    ctx = SSL_CTX_new(TLS_with_buffers_method());
+    if (ctx == NULL || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
+        !SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) ||
+        !SSL_CTX_set_strict_cipher_list(ctx, WARD_TLS12_CIPHERS) ||
+        !SSL_CTX_set1_curves_list(ctx, "X25519:P-256") ||
+        (ncert > 0 && !SSL_CTX_set_chain_and_key(ctx, chain, (size_t)ncert, key, NULL)))
+        goto out_tls;
+    SSL_CTX_set_custom_verify(ctx, SSL_VERIFY_PEER, ward__probe_verify_cb);
+    SSL_CTX_set_info_callback(ctx, ward__probe_info_cb);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL);
+    SSL_CTX_sess_set_new_cb(ctx, ward__probe_session_cb);
+    list[0] = (uint8_t)plen;
+    memcpy(list + 1, proto, plen);
+    ssl = SSL_new(ctx);
+    if (ssl == NULL || !SSL_set_fd(ssl, fd) || !SSL_set_ex_data(ssl, ward__ex_probe, probe) ||
+        SSL_set_alpn_protos(ssl, list, plen + 1) != 0)
+        goto out_tls;
+    SSL_set_connect_state(ssl);
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        snprintf(err, errlen, "fcntl: %s", strerror(errno));
+        rc = -errno;
+        goto out;
+    }
+    ERR_clear_error();
+    ward__probe_run(ssl, fd, probe);
+    goto out;
+
+out_tls:
+    snprintf(err, errlen, "could not build the TLS client context");
+    rc = WARD_ETLS;
+out:
+    SSL_free(ssl);
+    SSL_CTX_free(ctx);
+    X509_free(leaf);
+    BIO_free(kbio);
+    EVP_PKEY_free(key);
+    for (int i = 0; i < WARD_PROBE_MAX_CHAIN; i++)
+        CRYPTO_BUFFER_free(chain[i]);
+    if (ncert > 0) ward__free_der(der, lens, ncert);
+    ERR_clear_error();
+    return rc;
+}
+
+int ward_cert_summarize(const uint8_t *der, size_t len, ward_cert_summary_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    const uint8_t *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (x == NULL || p != der + len) {
+        X509_free(x);
+        ERR_clear_error();
+        return WARD_ECERT;
+    }
+    X509_NAME_oneline(X509_get_subject_name(x), out->subject, sizeof(out->subject));
+    X509_NAME_oneline(X509_get_issuer_name(x), out->issuer, sizeof(out->issuer));
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(out->serial, sizeof(out->serial), "%s", hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+    out->not_before = ward_asn1_time_to_unix(X509_get0_notBefore(x));
+    out->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(x));
+    out->is_ca = (X509_get_extension_flags(x) & EXFLAG_CA) != 0;
+    SHA256(der, len, out->sha256);
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (size_t i = 0; names && i < sk_GENERAL_NAME_num(names); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+        if (gn->type != GEN_URI) continue;
+        int ul = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
+        snprintf(out->spiffe_id, sizeof(out->spiffe_id), "%.*s", ul,
+                 (const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier));
+        break;
+    }
+    GENERAL_NAMES_free(names);
+    X509_free(x);
+    ERR_clear_error();
+    return 0;
+}
+
+int ward_cert_find_issuer(const uint8_t *der, size_t len, const uint8_t *const *roots_der,
+                          const size_t *roots_len, size_t nroots)
+{
+    const uint8_t *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    int found = -1;
+    for (size_t i = 0; x != NULL && i < nroots && found < 0; i++) {
+        if (roots_len[i] == len && memcmp(roots_der[i], der, len) == 0) {
+            found = (int)i;
+            break;
+        }
+        p = roots_der[i];
+        X509 *root = d2i_X509(NULL, &p, (long)roots_len[i]);
+        EVP_PKEY *k = root ? X509_get_pubkey(root) : NULL;
+        if (k != NULL && X509_check_issued(root, x) == X509_V_OK && X509_verify(x, k) == 1)
+            found = (int)i;
+        EVP_PKEY_free(k);
+        X509_free(root);
+    }
+    X509_free(x);
+    ERR_clear_error();
+    return found;
 }

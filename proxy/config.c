@@ -56,6 +56,17 @@ void ward_config_usage(FILE *out)
           "                           workload (deny)                    [WARD_MESH_DEFAULT]\n"
           "  --access-log M           off|denied|all: JSON lines per request and connection\n"
           "                           (denied: refusals only)              [WARD_ACCESS_LOG]\n"
+          "Transparent capture (with deploy/init/ward-iptables):\n"
+          "  --capture-inbound LISTEN  redirected inbound traffic (:15006); the app is the\n"
+          "                           original destination          [WARD_CAPTURE_INBOUND]\n"
+          "  --capture-outbound LISTEN redirected outbound traffic (:15001); mTLS to the\n"
+          "                           original destination           [WARD_CAPTURE_OUTBOUND]\n"
+          "  --peers FILE             lines 'IP[:PORT] spiffe://...': destinations with a\n"
+          "                           sidecar and the id they must present     [WARD_PEERS]\n"
+          "  --strict-egress          refuse captured traffic to destinations not in --peers\n"
+          "                           (default: pass it through, metered plaintext)\n"
+          "  --inbound-mode M         strict|permissive: permissive also accepts plaintext\n"
+          "                           callers (unauthenticated, metered) (strict)\n"
           "Protocol detection (outbound sniffs the app; inbound uses ALPN, else sniffs):\n"
           "  --sniff-timeout D        wait for the client's first bytes (200ms)\n"
           "                                                             [WARD_SNIFF_TIMEOUT]\n"
@@ -138,6 +149,33 @@ static int ward__add_mapping(ward_config_t *cfg, ward_dir_t dir, const char *spe
     return 0;
 }
 
+/* --capture-inbound / --capture-outbound LISTEN: a transparent listener. */
+static int ward__add_capture(ward_config_t *cfg, ward_dir_t dir, const char *flag,
+                             const char *listen, char *err, size_t errlen)
+{
+    const char *why = NULL;
+    ward_mapping_t m;
+    memset(&m, 0, sizeof(m));
+    m.dir = dir;
+    m.transparent = 1;
+    if (ward_addr_parse(listen, strlen(listen), 1, &m.listen, &why) < 0) {
+        snprintf(err, errlen, "%s '%s': %s", flag, listen, why);
+        return WARD_EINVAL;
+    }
+    size_t n = strlen(flag) + strlen(listen) + 2;
+    m.spec = ward_malloc(n);
+    if (m.spec == NULL) return WARD_ENOMEM;
+    snprintf(m.spec, n, "%s %s", flag, listen);
+    ward_mapping_t *maps = ward_realloc(cfg->maps, sizeof(*maps) * (cfg->nmaps + 1));
+    if (maps == NULL) {
+        ward_free(m.spec);
+        return WARD_ENOMEM;
+    }
+    cfg->maps = maps;
+    maps[cfg->nmaps++] = m;
+    return 0;
+}
+
 /* Mappings from the environment: several separated by ';' (or newlines). */
 static int ward__add_mapping_list(ward_config_t *cfg, ward_dir_t dir, const char *list, char *err,
                                   size_t errlen)
@@ -179,6 +217,11 @@ enum {
     OPT_SNIFF_TO,
     OPT_SERVER_FIRST,
     OPT_ACCESS_LOG,
+    OPT_CAPTURE_IN,
+    OPT_CAPTURE_OUT,
+    OPT_PEERS,
+    OPT_INBOUND_MODE,
+    OPT_STRICT_EGRESS,
     OPT_HELP,
     OPT_VERSION
 };
@@ -212,6 +255,11 @@ static const ward_opt_desc_t ward__scalars[] = {
     {OPT_SNIFF_TO, "--sniff-timeout", "WARD_SNIFF_TIMEOUT"},
     {OPT_SERVER_FIRST, "--server-first-ports", "WARD_SERVER_FIRST_PORTS"},
     {OPT_ACCESS_LOG, "--access-log", "WARD_ACCESS_LOG"},
+    {OPT_CAPTURE_IN, "--capture-inbound", "WARD_CAPTURE_INBOUND"},
+    {OPT_CAPTURE_OUT, "--capture-outbound", "WARD_CAPTURE_OUTBOUND"},
+    {OPT_PEERS, "--peers", "WARD_PEERS"},
+    {OPT_INBOUND_MODE, "--inbound-mode", "WARD_INBOUND_MODE"},
+    {OPT_STRICT_EGRESS, "--strict-egress", "WARD_STRICT_EGRESS"},
 };
 #define WARD_NSCALARS (sizeof(ward__scalars) / sizeof(ward__scalars[0]))
 
@@ -334,6 +382,30 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
         else
             return ward__cfg_err(err, errlen, "%s '%s': expected deny, allow or audit", flag, v);
         return 0;
+    case OPT_CAPTURE_IN:
+    case OPT_CAPTURE_OUT:
+        return ward__add_capture(cfg, opt == OPT_CAPTURE_IN ? WARD_DIR_INBOUND : WARD_DIR_OUTBOUND,
+                                 flag, v, err, errlen);
+    case OPT_PEERS:
+        ward_free(cfg->peers_file);
+        cfg->peers_file = ward_strdup(v);
+        return cfg->peers_file ? 0 : WARD_ENOMEM;
+    case OPT_INBOUND_MODE:
+        if (strcmp(v, "strict") == 0)
+            cfg->permissive = 0;
+        else if (strcmp(v, "permissive") == 0)
+            cfg->permissive = 1;
+        else
+            return ward__cfg_err(err, errlen, "%s '%s': expected strict or permissive", flag, v);
+        return 0;
+    case OPT_STRICT_EGRESS:
+        if (v == NULL || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+            cfg->strict_egress = 1;
+        else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+            cfg->strict_egress = 0;
+        else
+            return ward__cfg_err(err, errlen, "%s '%s': expected true or false", flag, v);
+        return 0;
     case OPT_ACCESS_LOG:
         if (strcmp(v, "off") == 0)
             cfg->access_log = WARD_ACCESS_LOG_OFF;
@@ -405,6 +477,11 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         {"sniff-timeout", required_argument, NULL, OPT_SNIFF_TO},
         {"server-first-ports", required_argument, NULL, OPT_SERVER_FIRST},
         {"access-log", required_argument, NULL, OPT_ACCESS_LOG},
+        {"capture-inbound", required_argument, NULL, OPT_CAPTURE_IN},
+        {"capture-outbound", required_argument, NULL, OPT_CAPTURE_OUT},
+        {"peers", required_argument, NULL, OPT_PEERS},
+        {"inbound-mode", required_argument, NULL, OPT_INBOUND_MODE},
+        {"strict-egress", optional_argument, NULL, OPT_STRICT_EGRESS},
         {"help", no_argument, NULL, OPT_HELP},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0}};
@@ -540,5 +617,6 @@ void ward_config_free(ward_config_t *cfg)
     ward_free(cfg->key_file);
     ward_free(cfg->ca_file);
     ward_free(cfg->policy_path);
+    ward_free(cfg->peers_file);
     memset(cfg, 0, sizeof(*cfg));
 }

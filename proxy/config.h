@@ -20,6 +20,10 @@ typedef struct {
     ward_addr_t target; /* the app (inbound) or the peer sidecar (outbound) */
     char *identity;     /* outbound: SPIFFE id the peer must present; NULL for inbound */
     char *spec;         /* the mapping as written, for logs */
+    /* --capture-inbound / --capture-outbound: traffic redirected by iptables/nftables; the
+     * target is each connection's original destination (SO_ORIGINAL_DST) and, outbound, the
+     * expected identity comes from the peer directory (--peers). */
+    int transparent;
 } ward_mapping_t;
 
 typedef struct {
@@ -55,6 +59,9 @@ typedef struct {
     uint16_t server_first_ports[WARD_MAX_SERVER_FIRST_PORTS];
     size_t nserver_first_ports;
     int access_log; /* WARD_ACCESS_LOG_* */
+    char *peers_file;   /* --peers: original destination -> expected SPIFFE id */
+    int permissive;     /* --inbound-mode permissive: also accept plaintext callers */
+    int strict_egress;  /* --strict-egress: refuse captured outbound traffic to unknown peers */
 } ward_config_t;
 
 enum { WARD_ACCESS_LOG_OFF = 0, WARD_ACCESS_LOG_DENIED = 1, WARD_ACCESS_LOG_ALL = 2 };

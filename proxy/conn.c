@@ -31,6 +31,11 @@
 
 #define WARD_PUMP_ROUNDS 16
 
+/* <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h> clash with the libc headers;
+ * the two option numbers are stable kernel ABI. */
+#define WARD_SO_ORIGINAL_DST      80
+#define WARD_IP6T_SO_ORIGINAL_DST 80
+
 /* TEMPORARY (until proxy/http1.c and proxy/http2.c land): weak references, so the proxy links
  * and carries HTTP opaquely without them. */
 extern const ward_codec_t ward_codec_http1 __attribute__((weak));
@@ -63,9 +68,9 @@ void ward_conn_log_ctx(ward_logline_t *l, ward_conn_t *c)
         ward_log_str(l, "downstream",
                      ward_addr_format((const struct sockaddr *)&c->peer_addr, a, sizeof(a)));
     ward_log_str(l, "upstream",
-                 ward_addr_format((const struct sockaddr *)&c->map->target.ss, a, sizeof(a)));
+                 ward_addr_format((const struct sockaddr *)&c->target.ss, a, sizeof(a)));
     if (c->peer.peer_id) ward_log_str(l, "peer_identity", c->peer.peer_id);
-    if (c->map->identity) ward_log_str(l, "expected_identity", c->map->identity);
+    if (c->expected_id) ward_log_str(l, "expected_identity", c->expected_id);
 }
 
 /* --- teardown ------------------------------------------------------------------------------- */
@@ -90,6 +95,7 @@ static void ward__conn_free(ward_conn_t *c)
     if (c->codec != NULL) c->codec->free(c);
     ward_pool_put(&w->pool, c->pre);
     ward_free(c->xfcc);
+    ward_free(c->expected_own);
     ward_tls_free(c->down.ssl);
     ward_tls_free(c->up.ssl);
     if (c->down.ssl) ward_tls_io_release(&c->down.io);
@@ -595,7 +601,7 @@ int ward_conn_render(ward_conn_t *c, ward_strbuf_t *o, const char *peer)
         o, ward_addr_format((const struct sockaddr *)&c->map->listen.ss, a, sizeof(a)));
     rc |= ward_strbuf_printf(o, ",\"upstream\":");
     rc |= ward_strbuf_json_str(
-        o, ward_addr_format((const struct sockaddr *)&c->map->target.ss, a, sizeof(a)));
+        o, ward_addr_format((const struct sockaddr *)&c->target.ss, a, sizeof(a)));
     rc |= ward_strbuf_printf(o, ",\"peer_identity\":");
     rc |=
         c->peer.peer_id ? ward_strbuf_json_str(o, c->peer.peer_id) : ward_strbuf_printf(o, "null");
@@ -717,6 +723,7 @@ static void ward__protocol_chosen(ward_conn_t *c, ward_proto_t proto)
         ward__connect_upstream(c);
         return;
     }
+
     if (proto == WARD_PROTO_HTTP1 && &ward_codec_http1 != NULL) {
         c->codec = &ward_codec_http1;
     } else if (proto == WARD_PROTO_HTTP2 && &ward_codec_http2 != NULL) {
@@ -865,12 +872,55 @@ static void ward__handshake(ward_conn_t *c)
         ward__protocol_chosen(c, WARD_PROTO_TCP);
 }
 
+/* Inbound, before TLS: a caller's first byte must open a TLS handshake record (0x16). Anything
+ * else is a plaintext caller: refused (`plaintext_rejected`) in STRICT mode, or carried without
+ * mTLS as an unauthenticated caller in PERMISSIVE mode. Returns 1 when TLS may start, 0 when the
+ * connection went elsewhere (or waits for bytes). */
+static int ward__inbound_peek(ward_conn_t *c)
+{
+    ward_logline_t l;
+    unsigned char b;
+    ssize_t n = recv(c->down.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        ward_side_set_events(&c->down, UV_READABLE);
+        return 0;
+    }
+    if (n <= 0) {
+        ward_conn_close(c, n < 0);
+        return 0;
+    }
+    c->peeked = 1;
+    if (b == 0x16) return 1;
+    if (!c->w->shared->cfg->permissive) {
+        ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_PLAINTEXT_REJECTED], 1);
+        if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
+            ward_conn_log_ctx(&l, c);
+            ward_log_str(&l, "reason", "plaintext_rejected");
+            ward_log_str(&l, "detail",
+                         "the caller sent plaintext to a STRICT mTLS inbound (no "
+                         "sidecar on its side?)");
+            ward_log_end(&l);
+        }
+        ward_conn_close(c, 0);
+        return 0;
+    }
+    c->plaintext = 1;
+    ward_counter_add(&c->w->stats.plaintext[c->dir], 1);
+    ward__start_sniffing(c);
+    return 0;
+}
+
 static void ward__start_handshake(ward_conn_t *c)
 {
     ward_side_t *t = ward__tls_side(c);
     int is_server = c->dir == WARD_DIR_INBOUND;
-    c->peer.expected_id = c->map->identity;
+    c->peer.expected_id = c->expected_id;
     if (!is_server) c->peer.on_new_session = ward__new_session;
+    if (is_server && !c->peeked) {
+        c->state = WARD_CS_HANDSHAKE;
+        ward__timer_start(c, ward__on_phase_timeout, c->w->shared->cfg->handshake_timeout_ms);
+        if (!ward__inbound_peek(c)) return;
+    }
     t->io.fd = t->fd;
     t->io.pool = &c->w->pool;
     t->ssl = ward_tls_new(c->ident, is_server, &t->io, &c->peer);
@@ -910,7 +960,7 @@ static void ward__connect_done(ward_conn_t *c)
         return;
     }
     ward_side_set_events(&c->up, 0);
-    if (c->dir == WARD_DIR_OUTBOUND)
+    if (c->dir == WARD_DIR_OUTBOUND && !c->plaintext)
         ward__start_handshake(c);
     else
         ward__start_proxying(c);
@@ -918,7 +968,7 @@ static void ward__connect_done(ward_conn_t *c)
 
 static void ward__connect_upstream(ward_conn_t *c)
 {
-    const ward_addr_t *a = &c->map->target;
+    const ward_addr_t *a = &c->target;
     int one = 1;
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -954,7 +1004,11 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
         if (s == &c->up) ward__connect_done(c);
         break;
     case WARD_CS_HANDSHAKE:
-        if (s == ward__tls_side(c)) ward__handshake(c);
+        if (s != ward__tls_side(c)) break;
+        if (s->ssl == NULL) /* inbound, waiting for the first byte */
+            ward__start_handshake(c);
+        else
+            ward__handshake(c);
         break;
     case WARD_CS_SNIFFING:
         if (s == &c->down) {
@@ -971,6 +1025,69 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
     default:
         break;
     }
+}
+
+/* Transparent capture: the original destination (SO_ORIGINAL_DST; iptables REDIRECT / nftables
+ * redirect keep it in conntrack) becomes the target. Outbound also looks the destination up in
+ * the peer directory: a sidecar there -> mTLS with the id it lists; none -> plaintext passthrough
+ * (metered), or refused with --strict-egress. Refuses connections aimed at this proxy itself (not
+ * redirected, or redirected back to a capture port): they would loop. Returns 0, or -1 when the
+ * connection was closed. */
+static int ward__capture_target(ward_conn_t *c, int fd)
+{
+    ward_logline_t l;
+    struct sockaddr_storage dst, self;
+    socklen_t dl = sizeof(dst), sl = sizeof(self);
+    int rc = -1;
+    if (c->peer_addr.ss_family == AF_INET6 &&
+        !IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&c->peer_addr)->sin6_addr))
+        rc = getsockopt(fd, SOL_IPV6, WARD_IP6T_SO_ORIGINAL_DST, &dst, &dl);
+    else
+        rc = getsockopt(fd, SOL_IP, WARD_SO_ORIGINAL_DST, &dst, &dl);
+    const char *why = NULL;
+    if (rc != 0) {
+        why = "no original destination (is the iptables/nftables redirect installed?)";
+    } else if (getsockname(fd, (struct sockaddr *)&self, &sl) == 0 && sl == dl &&
+               memcmp(&dst, &self, dl) == 0) {
+        why = "connected to the capture port directly: no original destination";
+    } else {
+        ward_addr_t a = {.len = dl};
+        memcpy(&a.ss, &dst, dl);
+        uint16_t port = ward_addr_port(&a);
+        const ward_config_t *cfg = c->w->shared->cfg;
+        for (size_t i = 0; i < cfg->nmaps && why == NULL; i++)
+            if (cfg->maps[i].transparent && ward_addr_port(&cfg->maps[i].listen) == port)
+                why = "original destination is a capture port: the connection would loop";
+        c->target = a;
+        c->port = port;
+    }
+    if (why != NULL) {
+        ward_counter_add(&c->w->stats.loops_refused[c->dir], 1);
+        if (ward_log_begin(&l, WARD_LOG_WARN, "capture_refused")) {
+            ward_conn_log_ctx(&l, c);
+            ward_log_str(&l, "reason", why);
+            ward_log_end(&l);
+        }
+        ward_conn_close(c, 0);
+        return -1;
+    }
+    if (c->dir == WARD_DIR_INBOUND) return 0;
+    c->expected_own = ward_peers_lookup(c->w->shared->peers, (const struct sockaddr *)&dst);
+    c->expected_id = c->expected_own;
+    if (c->expected_id != NULL) return 0;
+    if (c->w->shared->cfg->strict_egress) {
+        ward_counter_add(&c->w->stats.egress_refused, 1);
+        if (ward_log_begin(&l, WARD_LOG_WARN, "egress_refused")) {
+            ward_conn_log_ctx(&l, c);
+            ward_log_str(&l, "reason", "no sidecar known at the destination (--strict-egress)");
+            ward_log_end(&l);
+        }
+        ward_conn_close(c, 0);
+        return -1;
+    }
+    c->plaintext = 1;
+    ward_counter_add(&c->w->stats.plaintext[c->dir], 1);
+    return 0;
 }
 
 void ward_conn_drain(ward_conn_t *c)
@@ -992,6 +1109,8 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
     c->map = map;
     c->map_index = (uint32_t)map_index;
     c->dir = (uint8_t)map->dir;
+    c->target = map->target;
+    c->expected_id = map->identity;
     c->port = ward_addr_port(&map->target);
     c->id = atomic_fetch_add_explicit(&w->shared->next_conn_id, 1, memory_order_relaxed) + 1;
     c->started = c->last_active = uv_now(&w->loop);
@@ -1024,8 +1143,11 @@ void ward_conn_accept(ward_worker_t *w, const ward_mapping_t *map, size_t map_in
         ward_conn_abort(c, "cannot watch downstream socket");
         return;
     }
+    if (map->transparent && ward__capture_target(c, fd) < 0) return;
     if (c->dir == WARD_DIR_INBOUND)
         ward__start_handshake(c);
+    else if (c->plaintext)
+        ward__protocol_chosen(c, WARD_PROTO_TCP);
     else
         ward__start_sniffing(c);
 }

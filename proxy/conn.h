@@ -110,6 +110,9 @@ struct ward_conn {
     void *cs;   /* codec state */
     char *xfcc; /* inbound: the verified-identity header value, built on first use */
     struct sockaddr_storage peer_addr; /* downstream's address */
+    ward_addr_t target;      /* where up connects: the mapping's, or the original destination */
+    const char *expected_id; /* outbound: the id the server must present (map or --peers) */
+    char *expected_own;      /* expected_id when it came from --peers (owned) */
     uint64_t id;
     uint64_t bytes[2];
     uint32_t allowed, denied; /* authorization decisions made on this connection */
@@ -120,7 +123,9 @@ struct ward_conn {
     uint8_t dir;
     uint8_t state;
     uint8_t handles;
-    uint8_t proto; /* ward_proto_t */
+    uint8_t proto;     /* ward_proto_t */
+    uint8_t plaintext; /* no mTLS: passthrough (outbound) or a PERMISSIVE plaintext caller */
+    uint8_t peeked;    /* inbound: the first byte was checked for a TLS record */
 };
 
 /* One finished HTTP request, for metrics (ward_requests_total, ward_request_duration_seconds) and

@@ -22,6 +22,7 @@ typedef struct {
     ward_config_t cfg;
     ward_identity_store_t store;
     ward_policy_store_t policy;
+    ward_peers_t peers;
     ward_main_stats_t stats;
     ward_shared_t shared;
     ward_worker_t *workers;
@@ -183,6 +184,7 @@ static void ward__stop_everything(ward_proxy_t *p)
     if (p->agent_mode) ward_agent_client_stop(&p->agent);
     ward_identity_store_stop(&p->store);
     ward_policy_store_stop(&p->policy);
+    ward_peers_stop(&p->peers);
     uv_close((uv_handle_t *)&p->drained_async, NULL);
     uv_close((uv_handle_t *)&p->sig_term, NULL);
     uv_close((uv_handle_t *)&p->sig_int, NULL);
@@ -216,6 +218,7 @@ static void ward__on_signal(uv_signal_t *s, int signum)
         ward_log_msg(WARD_LOG_INFO, "sighup", "reloading identity and policy files");
         ward_identity_store_check(&p->store, 1);
         ward_policy_store_check(&p->policy, 1);
+        ward_peers_check(&p->peers, 1);
         return;
     }
     if (p->draining) {
@@ -302,8 +305,18 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    rc = ward_peers_init(&p.peers, p.cfg.peers_file, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "ward-proxy: --peers: %s\n", err);
+        ward_policy_store_destroy(&p.policy);
+        ward_identity_store_destroy(&p.store);
+        ward_config_free(&p.cfg);
+        return 2;
+    }
+
     p.loop = uv_default_loop();
     p.shared.cfg = &p.cfg;
+    p.shared.peers = &p.peers;
     p.shared.store = &p.store;
     p.shared.policy = &p.policy;
     p.shared.worker_drained = &p.drained_async;
@@ -363,6 +376,7 @@ int main(int argc, char **argv)
         ward_identity_store_watch(&p.store, p.loop, p.cfg.reload_interval_ms);
         ward_policy_store_watch(&p.policy, p.loop, p.cfg.reload_interval_ms);
     }
+    ward_peers_watch(&p.peers, p.loop, p.cfg.reload_interval_ms);
     for (unsigned i = 0; i < p.nworkers; i++) {
         rc = ward_worker_start(&p.workers[i]);
         if (rc < 0) {
@@ -384,6 +398,7 @@ int main(int argc, char **argv)
 out:
     ward_free(p.workers);
     ward_policy_store_destroy(&p.policy);
+    ward_peers_destroy(&p.peers);
     ward_identity_store_destroy(&p.store);
     ward_config_free(&p.cfg);
     uv_loop_close(uv_default_loop());

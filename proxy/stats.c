@@ -252,6 +252,7 @@ int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nwo
             uint64_t v = SUM(handshakes[d][r]);
             /* Success and the classic refusal reasons are always present, so rates start at 0. */
             if (v == 0 && r == WARD_REASON_TIMEOUT) continue;
+            if (v == 0 && r == WARD_REASON_PLAINTEXT_REJECTED && d == WARD_DIR_OUTBOUND) continue;
             rc |=
                 ward_strbuf_printf(o,
                                    "ward_tls_handshakes_total{direction=\"%s\",result=\"%s\","
@@ -314,6 +315,21 @@ int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nwo
                                          ward_dir_name(d), req_protos[p], classes[k],
                                          (unsigned long long)v);
             }
+    rc |= ward__per_direction(o, workers, nworkers, "ward_connections_plaintext_total", "counter",
+                              "Connections carried without mTLS: captured outbound traffic to a "
+                              "destination without a sidecar, or plaintext callers of a "
+                              "PERMISSIVE inbound.",
+                              offsetof(ward_stats_t, plaintext));
+    rc |= ward__per_direction(o, workers, nworkers, "ward_capture_loops_refused_total", "counter",
+                              "Captured connections refused because their original destination "
+                              "was this proxy itself.",
+                              offsetof(ward_stats_t, loops_refused));
+    rc |= ward_strbuf_printf(o,
+                             "# HELP ward_egress_refused_total Captured outbound connections "
+                             "refused by --strict-egress (no sidecar at the destination).\n"
+                             "# TYPE ward_egress_refused_total counter\n"
+                             "ward_egress_refused_total %llu\n",
+                             (unsigned long long)SUM(egress_refused));
     rc |= ward__render_decisions(o, workers, nworkers);
     rc |= ward_strbuf_printf(o, "# HELP ward_request_duration_seconds Time from a request's head "
                                 "to the end of its response, by protocol and status class.\n"

@@ -86,6 +86,9 @@ typedef struct {
     ward_counter_t refused_no_identity[WARD_DIR_COUNT];
     ward_counter_t accept_paused_fds;
     ward_counter_t protocols[WARD_DIR_COUNT][3]; /* connections by ward_proto_t */
+    ward_counter_t plaintext[WARD_DIR_COUNT]; /* carried without mTLS (passthrough/permissive) */
+    ward_counter_t egress_refused;            /* --strict-egress: no sidecar at the destination */
+    ward_counter_t loops_refused[WARD_DIR_COUNT]; /* captured connections aimed at ourselves */
     ward_counter_t requests[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
     ward_decision_table_t decisions;
     ward_req_hist_t req_duration[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];

@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "identity_store.h"
+#include "peers.h"
 #include "policy_store.h"
 #include "stats.h"
 #include "ward/buf.h"
@@ -38,6 +39,7 @@ typedef struct {
     const ward_config_t *cfg;
     ward_identity_store_t *store;
     ward_policy_store_t *policy;
+    ward_peers_t *peers; /* transparent outbound: who has a sidecar */
     atomic_uint_fast64_t next_conn_id;
     /* --max-connections is process-wide: one atomic add/sub per connection (never per byte). A
      * worker at the cap stops polling its listeners; the next close anywhere wakes the paused

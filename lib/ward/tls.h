@@ -26,6 +26,7 @@ typedef enum {
     WARD_REASON_BAD_CERTIFICATE,
     WARD_REASON_PROTOCOL,
     WARD_REASON_TIMEOUT,
+    WARD_REASON_PLAINTEXT_REJECTED, /* a plaintext caller at a STRICT inbound (ward-proxy) */
     WARD_REASON_COUNT
 } ward_tls_reason_t;
 
@@ -192,5 +193,73 @@ int ward_cert_inspect(const char *file, ward_cert_info_t *info, char *err, size_
 int ward_cert_check(const char *file, const char *bundle_file, const char *expected_id,
                     ward_tls_reason_t *reason, const char **detail, char **peer_id, char *err,
                     size_t errlen);
+
+
+/* --- diagnosis (wardctl diagnose) ---
+ * A client handshake made the way an outbound sidecar makes it (TLS 1.2/1.3, ward's ciphers and
+ * curves, one ALPN protocol offered) but that judges nothing itself: it presents whatever
+ * certificate it is given (expired, from another CA, or none at all), accepts any server chain
+ * and hands it back for the caller to classify with ward_tls_verify_chain(), and after a
+ * completed handshake listens for a while, sending nothing, because in TLS 1.3 the server's
+ * refusal of the client certificate arrives only after the client's handshake is complete. */
+
+#define WARD_PROBE_MAX_CHAIN 8
+
+typedef struct {
+    /* in */
+    const char *cert_file; /* PEM chain, leaf first; NULL: no client certificate */
+    const char *key_file;  /* PEM private key of the leaf; NULL with cert_file NULL */
+    const char *alpn;      /* the one protocol offered; NULL = "ward-tcp" */
+    int timeout_ms;        /* for the handshake */
+    int listen_ms;         /* after our handshake completes: how long to wait for a refusal */
+    /* out: the server's chain as sent, leaf first (DER, owned by the probe) */
+    uint8_t *chain_der[WARD_PROBE_MAX_CHAIN];
+    size_t chain_len[WARD_PROBE_MAX_CHAIN];
+    size_t nchain;
+    int handshake_done; /* our side of the handshake completed */
+    int timed_out;      /* the handshake did not complete within timeout_ms */
+    int alert;          /* the fatal alert the server sent (TLS AlertDescription), or -1 */
+    int alert_after_handshake; /* ... and it came after our handshake had completed */
+    int ticket;         /* a session ticket arrived: a TLS 1.3 server that asked for our
+                         * certificate has accepted it (it sends tickets after judging it) */
+    int app_bytes;      /* application data the server sent while we listened */
+    int closed;         /* the server closed the connection without an alert */
+    int sys_errno;      /* transport error (ECONNRESET, EPIPE, ...), or 0 */
+    ward_tls_reason_t reason; /* on failure: what an outbound sidecar would log (alert mapped
+                               * exactly as ward_tls_classify maps it), else WARD_REASON_NONE */
+    const char *detail;       /* static explanation of reason */
+    const char *version;      /* "TLSv1.3", ... once the handshake completed, else NULL */
+    const char *cipher;       /* IETF cipher suite name, or NULL */
+    char alpn_selected[64];   /* the protocol the server chose, or "" */
+} ward_tls_probe_t;
+
+/* Runs the probe on fd, a connected TCP socket (made non-blocking here; the caller closes it).
+ * Returns 0 when the probe ran, whatever the server did (see the out fields), or WARD_ECERT /
+ * WARD_EKEY / WARD_EKEYMISMATCH / WARD_EINVAL / WARD_ENOMEM / WARD_ETLS with err set when our
+ * own inputs are unusable. Release the chain with ward_tls_probe_free() in either case. */
+int ward_tls_probe(int fd, ward_tls_probe_t *probe, char *err, size_t errlen);
+void ward_tls_probe_free(ward_tls_probe_t *probe);
+
+/* The RFC 8446 name of a TLS alert ("certificate_expired", "unknown_ca", ...), or "unknown" for
+ * one it does not know. Static storage. */
+const char *ward_tls_alert_name(int alert);
+
+typedef struct {
+    char subject[256];
+    char issuer[256];
+    char serial[80];       /* hex, uppercase */
+    char spiffe_id[2049];  /* first URI SAN, or "" */
+    uint8_t sha256[32];    /* of the DER encoding */
+    int64_t not_before;
+    int64_t not_after;
+    int is_ca;
+} ward_cert_summary_t;
+
+/* Describes one DER certificate. Returns 0 or WARD_ECERT when it does not parse. */
+int ward_cert_summarize(const uint8_t *der, size_t len, ward_cert_summary_t *out);
+/* Which of the roots issued der (its subject is der's issuer and its key verifies der's
+ * signature) or is der itself: the root's index, or -1 when none does. */
+int ward_cert_find_issuer(const uint8_t *der, size_t len, const uint8_t *const *roots_der,
+                          const size_t *roots_len, size_t nroots);
 
 #endif

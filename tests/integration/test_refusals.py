@@ -90,7 +90,9 @@ for cert, reason in (("expired", "expired"), ("future", "not_yet_valid"), ("othe
 
 
 @r.test
-def inbound_refuses_plaintext_as_protocol():
+def inbound_refuses_plaintext():
+    """A plaintext caller at the (STRICT) inbound: closed unanswered and counted as
+    plaintext_rejected — the caller most likely has no sidecar."""
     before = failures(inb, "inbound")
     since = inb.stderr_size()
     s = h.connect(H, IN_PORT)
@@ -109,7 +111,7 @@ def inbound_refuses_plaintext_as_protocol():
         assert b"HTTP/" not in data, "plaintext was answered like HTTP: %r" % data[:100]
     finally:
         s.close()
-    expect_counted(inb, "inbound", "protocol", before, since)
+    expect_counted(inb, "inbound", "plaintext_rejected", before, since)
 
 
 @r.test
