@@ -26,6 +26,7 @@
 #include "ward/policy.h"
 #include "ward/strbuf.h"
 #include "ward/tls.h"
+#include "wardctl_diagnose.h"
 
 #define WARDCTL_MAX_FILE (1u << 20)
 
@@ -38,6 +39,9 @@ static void usage(FILE *out)
           "  cert inspect FILE [--ca BUNDLE] [--expect SPIFFE-ID]\n"
           "                              show an X509-SVID and check it as a ward peer would\n"
           "  status [ADMIN_ADDR]         summarise a running proxy (default 127.0.0.1:15000)\n"
+          "  diagnose TARGET [--cert F --key F] [--ca F] [--expect ID] [--admin ADDR] ...\n"
+          "                              connect to an mTLS server as a sidecar would and say\n"
+          "                              why it works or fails (diagnose --help)\n"
           "  --help, --version\n"
           "\n"
           "Exit status: 0 valid / healthy, 1 invalid / not ready / unreachable (reason printed),\n"
@@ -369,6 +373,7 @@ int main(int argc, char **argv)
     if (argc >= 3 && strcmp(argv[1], "cert") == 0 && strcmp(argv[2], "inspect") == 0)
         return cert_inspect(argc - 3, argv + 3);
     if (strcmp(argv[1], "status") == 0) return status_cmd(argc - 2, argv + 2);
+    if (strcmp(argv[1], "diagnose") == 0) return wardctl_diagnose(argc - 2, argv + 2);
     fprintf(stderr, "wardctl: unknown command (see wardctl --help)\n");
     return 2;
 }

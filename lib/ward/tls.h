@@ -194,7 +194,6 @@ int ward_cert_check(const char *file, const char *bundle_file, const char *expec
                     ward_tls_reason_t *reason, const char **detail, char **peer_id, char *err,
                     size_t errlen);
 
-
 /* --- diagnosis (wardctl diagnose) ---
  * A client handshake made the way an outbound sidecar makes it (TLS 1.2/1.3, ward's ciphers and
  * curves, one ALPN protocol offered) but that judges nothing itself: it presents whatever
@@ -216,21 +215,21 @@ typedef struct {
     uint8_t *chain_der[WARD_PROBE_MAX_CHAIN];
     size_t chain_len[WARD_PROBE_MAX_CHAIN];
     size_t nchain;
-    int handshake_done; /* our side of the handshake completed */
-    int timed_out;      /* the handshake did not complete within timeout_ms */
-    int alert;          /* the fatal alert the server sent (TLS AlertDescription), or -1 */
+    int handshake_done;        /* our side of the handshake completed */
+    int timed_out;             /* the handshake did not complete within timeout_ms */
+    int alert;                 /* the fatal alert the server sent (TLS AlertDescription), or -1 */
     int alert_after_handshake; /* ... and it came after our handshake had completed */
-    int ticket;         /* a session ticket arrived: a TLS 1.3 server that asked for our
-                         * certificate has accepted it (it sends tickets after judging it) */
-    int app_bytes;      /* application data the server sent while we listened */
-    int closed;         /* the server closed the connection without an alert */
-    int sys_errno;      /* transport error (ECONNRESET, EPIPE, ...), or 0 */
-    ward_tls_reason_t reason; /* on failure: what an outbound sidecar would log (alert mapped
-                               * exactly as ward_tls_classify maps it), else WARD_REASON_NONE */
-    const char *detail;       /* static explanation of reason */
-    const char *version;      /* "TLSv1.3", ... once the handshake completed, else NULL */
-    const char *cipher;       /* IETF cipher suite name, or NULL */
-    char alpn_selected[64];   /* the protocol the server chose, or "" */
+    int ticket;                /* a session ticket arrived: a server that asked for our certificate
+                                * sends tickets only after judging it (not every server sends one) */
+    int app_bytes;             /* application data the server sent while we listened */
+    int closed;                /* the server closed the connection without an alert */
+    int sys_errno;             /* transport error (ECONNRESET, EPIPE, ...), or 0 */
+    ward_tls_reason_t reason;  /* on failure: what an outbound sidecar would log (alert mapped
+                                * exactly as ward_tls_classify maps it), else WARD_REASON_NONE */
+    const char *detail;        /* static explanation of reason */
+    const char *version;       /* "TLSv1.3", ... once the handshake completed, else NULL */
+    const char *cipher;        /* IETF cipher suite name, or NULL */
+    char alpn_selected[64];    /* the protocol the server chose, or "" */
 } ward_tls_probe_t;
 
 /* Runs the probe on fd, a connected TCP socket (made non-blocking here; the caller closes it).
@@ -247,9 +246,9 @@ const char *ward_tls_alert_name(int alert);
 typedef struct {
     char subject[256];
     char issuer[256];
-    char serial[80];       /* hex, uppercase */
-    char spiffe_id[2049];  /* first URI SAN, or "" */
-    uint8_t sha256[32];    /* of the DER encoding */
+    char serial[80];      /* hex */
+    char spiffe_id[2049]; /* first URI SAN, or "" */
+    uint8_t sha256[32];   /* of the DER encoding */
     int64_t not_before;
     int64_t not_after;
     int is_ca;
