@@ -245,8 +245,8 @@ static void ward__log(ward_h2_t *h, ward_log_level_t level, const char *event,
     ward_logline_t l;
     if (!ward_log_begin(&l, level, event)) return;
     ward_conn_log_ctx(&l, h->c);
-    ward_log_str(&l, "protocol", s != NULL && (s->flags & WARD_H2F_GRPC) ? "grpc" : "http2");
     if (s != NULL) {
+        if (s->flags & WARD_H2F_GRPC) ward_log_str(&l, "request_protocol", "grpc");
         ward_log_i64(&l, "stream", s->down_id);
         ward_log_str(&l, "stream_state", ward__state_names[s->state]);
     }

@@ -324,6 +324,17 @@ def http_bad_path():
 
 
 @r.test
+def http_too_many_headers():
+    extra = []
+    for i in range(140):
+        extra += ["-H", "x-filler-%d: %d" % (i, i)]
+    st, hdrs, _ = curl("http", "/index.html", *extra)
+    assert st == 431 and hdrs.get("x-ward-deny-reason") == "headers_too_large", (st, hdrs)
+    st, _, body = curl("http", "/index.html", *extra[:40])
+    assert st == 200 and body == INDEX, st
+
+
+@r.test
 def http_big_bodies():
     st, _, body = curl("http", "/big.bin", timeout=60)
     assert st == 200 and len(body) == len(BIG), (st, len(body))
