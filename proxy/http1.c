@@ -583,6 +583,9 @@ static int ward__h1_forward_head(ward_conn_t *c, ward_h1_t *h, const char *targe
     const ward_h1_head_t *hd = h->head;
     const char *method = llhttp_method_name((llhttp_method_t)h->rq.method);
     const char *xfcc = ward_conn_xfcc(c);
+    /* A verified peer whose header cannot be built (out of memory): fail closed rather than let
+     * the app see an authenticated caller as anonymous. */
+    if (xfcc == NULL && c->peer.peer_id != NULL) return WARD_ENOMEM;
     size_t mlen = strlen(method), xlen = xfcc ? strlen(xfcc) : 0;
     size_t size = mlen + 1 + tlen + 11 + 2;
     for (unsigned i = 0; i < hd->nfields; i++) {

@@ -42,6 +42,7 @@ spec:
   rules:
   - from: [{identities: ["%(client)s"]}]
     to: [{methods: [GET, POST, PUT, HEAD], paths: ["/allowed/*"]}]
+  - to: [{methods: [GET], paths: ["/public/*"]}]
   - from: [{identities: ["%(client)s"]}]
     to: [{methods: [GET], paths: ["/tenant"]}]
     when: [{key: "request.headers[x-tenant]", values: ["acme"]}]
@@ -384,6 +385,27 @@ def direct_mtls_curl():
 
 
 @r.test
+def permissive_plaintext_caller_has_no_identity():
+    """--inbound-mode permissive: a plaintext caller is sniffed into the codec unauthenticated; a
+    forged x-forwarded-client-cert is removed and none is added; rules with `from` never match."""
+    port = h.free_port(H)
+    j = lambda n: os.path.join(CERTS, n)  # noqa: E731
+    p = h.Proxy(["--cert", j("server.pem"), "--key", j("server-key.pem"), "--ca", j("ca.pem"),
+                 "--inbound", "%s=%s" % (h.addr(H, port), app.addr), "--inbound-mode",
+                 "permissive", "--policy", POLICY_FILE], name="permissive").start()
+    try:
+        base = "http://%s:%d" % (H, port)
+        assert curl_status(base + "/allowed/plain") == 403
+        out = curl("-H", "x-forwarded-client-cert: By=x;URI=" + CLIENT_ID, base + "/public/p1")
+        assert out.returncode == 0 and out.stdout == b"path=/public/p1\n", out
+        (rec,) = app.find("/public/p1")
+        assert "x-forwarded-client-cert" not in rec["hd"], rec["headers"]
+        assert not app.find("/allowed/plain")
+    finally:
+        p.stop()
+
+
+@r.test
 def target_normalised_before_matching_and_forwarding():
     with Client() as cl:
         cl.send(get(b"/allowed/../allowed/%61b//c/./d?x=%2e&y=1"))
@@ -699,6 +721,11 @@ def app_failures_and_connection_close():
         cl.send(get(b"/allowed/nolen"))
         rs = cl.response()
         assert rs.status == 200 and rs.body == b"path=/allowed/nolen\n" * 1000, len(rs.body)
+    with Client() as cl:  # the client's Connection: close; a pipelined request after it is dropped
+        cl.send(get(b"/allowed/cc", b"Connection: close\r\n") + get(b"/allowed/after-cc"))
+        rs = cl.response()
+        assert rs.status == 200 and rs.body == b"path=/allowed/cc\n" and cl.closed()
+    assert not app.find("/allowed/after-cc")
     with Client() as cl:  # HTTP/1.0 without keep-alive: closed after the response
         cl.send(b"GET /allowed/ten HTTP/1.0\r\n\r\n")
         rs = cl.response()
@@ -832,8 +859,16 @@ def drain_closes_idle_keep_alive_connections():
             assert idle.response().status == 200
             busy.send(get(b"/allowed/d2"))
             assert busy.response().status == 200
+            # in flight when the drain starts: the app sits 1.5 s before reading the body
+            busy.send(b"POST /allowed/slow-upload?drain HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                      b"\r\nhello" + get(b"/allowed/d-after-drain"))
+            h.wait_for(lambda: app.find("/allowed/slow-upload?drain"), 5, what="the slow request")
             p.inbound.signal(signal.SIGTERM)
             assert idle.closed(10), "idle keep-alive connection not closed on drain"
+            rs = busy.response()
+            assert rs.status == 200 and rs.body.startswith(b"len=5 "), (rs.status, rs.body)
+            assert busy.closed(10), "connection not closed after its in-flight response"
+        assert not app.find("/allowed/d-after-drain"), "a request was started after the drain"
         assert p.inbound.wait(15) is not None, "inbound did not exit after draining"
     finally:
         p.stop()
