@@ -21,9 +21,10 @@
  *
  * Strictness: llhttp is built in its loose mode (LLHTTP_STRICT_MODE unset), which accepts spaces
  * in header names and obs-fold continuation lines. Both are request-smuggling vectors, so they are
- * refused here (400 + close), as are duplicate Host headers and a Transfer-Encoding without a final
- * chunked; everything else (CL+TE, duplicate Content-Length, bad chunk framing, bare LF, control
- * characters) llhttp refuses itself. No lenient flag is ever set. */
+ * refused here (400 + close), as are duplicate Host headers, a Transfer-Encoding without a final
+ * chunked, and any Transfer-Encoding in HTTP/1.0; everything else (CL+TE, duplicate Content-Length,
+ * bad chunk framing, bare LF, control characters) llhttp refuses itself. No lenient flag is ever
+ * set. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -702,6 +703,9 @@ static int ward__h1_on_head(ward_conn_t *c, ward_h1_t *h)
         return ward__h1_refuse(c, h, 400, "bad_request", "missing Host header");
     if ((p->flags & F_TRANSFER_ENCODING) && !chunked)
         return ward__h1_refuse(c, h, 400, "bad_request", "Transfer-Encoding without chunked");
+    /* RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding is faulty framing (a 1.0 app may ignore it). */
+    if ((p->flags & F_TRANSFER_ENCODING) && p->http_major == 1 && p->http_minor == 0)
+        return ward__h1_refuse(c, h, 400, "bad_request", "Transfer-Encoding in HTTP/1.0");
 
     /* Could the body of a request we answer ourselves be read and dropped, keeping the
      * connection? Not after "Expect: 100-continue" (the client may or may not send it), not for

@@ -555,6 +555,12 @@ SMUGGLING = [
     ("bad version", b"GET /allowed/sm-22 HTTP/1.x\r\nHost: a\r\n\r\n"),
     ("space in target", b"GET /allowed/sm-23 x HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("leading space header", b"GET /allowed/sm-24 HTTP/1.1\r\n Host: a\r\n\r\n"),
+    ("TE in HTTP/1.0", b"POST /allowed/sm-25 HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                       b"\r\n0\r\n\r\n"),
+    ("TE with trailing comma", b"POST /allowed/sm-26 HTTP/1.1\r\nHost: a\r\n"
+                               b"Transfer-Encoding: chunked,\r\n\r\n0\r\n\r\n"),
+    ("bad trailer name", b"POST /allowed/sm-27 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n0\r\nBad Name: x\r\n\r\n"),
 ]
 
 
