@@ -36,11 +36,6 @@
 #define WARD_SO_ORIGINAL_DST      80
 #define WARD_IP6T_SO_ORIGINAL_DST 80
 
-/* TEMPORARY (until proxy/http1.c and proxy/http2.c land): weak references, so the proxy links
- * and carries HTTP opaquely without them. */
-extern const ward_codec_t ward_codec_http1 __attribute__((weak));
-extern const ward_codec_t ward_codec_http2 __attribute__((weak));
-
 static const char *const ward__state_names[] = {"connecting", "handshake", "sniffing", "proxying",
                                                 "closing"};
 
@@ -724,12 +719,11 @@ static void ward__protocol_chosen(ward_conn_t *c, ward_proto_t proto)
         return;
     }
 
-    if (proto == WARD_PROTO_HTTP1 && &ward_codec_http1 != NULL) {
+    if (proto == WARD_PROTO_HTTP1) {
         c->codec = &ward_codec_http1;
-    } else if (proto == WARD_PROTO_HTTP2 && &ward_codec_http2 != NULL) {
+    } else if (proto == WARD_PROTO_HTTP2) {
         c->codec = &ward_codec_http2;
     } else {
-        c->proto = WARD_PROTO_TCP;
         ward_authz_request_t req = {0};
         ward_authz_result_t res;
         if (ward_conn_authorize(c, &req, &res) != WARD_AUTHZ_ALLOW) {
