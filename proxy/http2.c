@@ -468,6 +468,15 @@ static void ward__rst_up(ward_h2_t *h, ward_h2_stream_t *s, uint32_t code)
     ward__ng_check(h, nghttp2_submit_rst_stream(h->up, NGHTTP2_FLAG_NONE, s->up_id, code));
 }
 
+static void ward__goaway_down(ward_h2_t *h)
+{
+    if (h->flags & (WARD_H2_GOAWAY_DOWN | WARD_H2_DOWN_DEAD)) return;
+    h->flags |= WARD_H2_GOAWAY_DOWN;
+    ward__ng_check(h, nghttp2_submit_goaway(h->down, NGHTTP2_FLAG_NONE,
+                                            nghttp2_session_get_last_proc_stream_id(h->down),
+                                            NGHTTP2_NO_ERROR, NULL, 0));
+}
+
 /* --- flood accounting ------------------------------------------------------------------------- */
 
 static void ward__calm(ward_h2_t *h, const char *why)
@@ -649,6 +658,8 @@ static void ward__forward(ward_h2_t *h, ward_h2_stream_t *s, const char *path, s
         s->state = WARD_H2S_LOCAL;
         ward__req_drop(h, s);
         ward__rst_down(h, s, NGHTTP2_REFUSED_STREAM);
+        /* Stream ids to the app exhausted (2^30 requests): the caller reconnects. */
+        if (id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE) ward__goaway_down(h);
         return;
     }
     s->up_id = id;
@@ -913,6 +924,14 @@ static ward_h2_stream_t *ward__stream_of(nghttp2_session *sess, int32_t id)
     return id != 0 ? nghttp2_session_get_stream_user_data(sess, id) : NULL;
 }
 
+/* Whether what the app sends on s still goes to the caller: not once the proxy answered the
+ * stream itself, reset it toward the app, or the caller's side is gone. */
+static int ward__relaying(const ward_h2_stream_t *s)
+{
+    return s->state == WARD_H2S_PROXYING && (s->flags & (WARD_H2F_UP_RST | WARD_H2F_DOWN_RST |
+                                                         WARD_H2F_DOWN_OPEN)) == WARD_H2F_DOWN_OPEN;
+}
+
 static int ward__on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
                                   void *user_data)
 {
@@ -953,6 +972,7 @@ static int ward__on_header(nghttp2_session *session, const nghttp2_frame *frame,
         else
             return 0;
     } else {
+        if (!ward__relaying(s)) return 0;
         f = (s->flags & WARD_H2F_RESP_FINAL) ? &s->resp_trl : &s->resp;
     }
     if (ward__fields_add(f, name, value) < 0) {
@@ -1010,6 +1030,7 @@ static void ward__up_frame(ward_h2_t *h, const nghttp2_frame *frame)
         s->up_rst_code = frame->rst_stream.error_code;
         return;
     }
+    if (!ward__relaying(s)) return;
     if (frame->hd.type == NGHTTP2_HEADERS && !(s->flags & WARD_H2F_RESP_FINAL)) {
         ward__response_head(h, s, eos);
         return;
@@ -1059,8 +1080,7 @@ static int ward__on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t 
             out_id = s->up_id;
         }
     } else if (s != NULL) {
-        if ((s->flags & WARD_H2F_DOWN_OPEN) && (s->flags & WARD_H2F_RESP_HEAD) &&
-            !(s->flags & WARD_H2F_DOWN_RST)) {
+        if (ward__relaying(s) && (s->flags & WARD_H2F_RESP_HEAD)) {
             q = &s->resp_body;
             out_id = s->down_id;
         }
@@ -1154,15 +1174,6 @@ static int ward__on_stream_close(nghttp2_session *session, int32_t stream_id, ui
 }
 
 /* --- connection-level events ------------------------------------------------------------------ */
-
-static void ward__goaway_down(ward_h2_t *h)
-{
-    if (h->flags & (WARD_H2_GOAWAY_DOWN | WARD_H2_DOWN_DEAD)) return;
-    h->flags |= WARD_H2_GOAWAY_DOWN;
-    ward__ng_check(h, nghttp2_submit_goaway(h->down, NGHTTP2_FLAG_NONE,
-                                            nghttp2_session_get_last_proc_stream_id(h->down),
-                                            NGHTTP2_NO_ERROR, NULL, 0));
-}
 
 /* The app's connection ended (EOF, error, protocol failure) or its session finished (GOAWAY and
  * no stream left). Streams it had are answered or reset; the caller is asked to go elsewhere. */

@@ -130,6 +130,34 @@ class App:
         finished.append(True)
 
 
+def frame(ftype, flags, sid, payload=b""):
+    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
+        struct.pack(">I", sid) + payload
+
+
+def read_frames(s, until, timeout):
+    """Reads frames until until(type, flags, sid, payload) is true; returns that frame or None at
+    EOF."""
+    s.settimeout(h.T(timeout))
+    buf = b""
+    while True:
+        while len(buf) >= 9:
+            n = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + n:
+                break
+            f = (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, buf[9:9 + n])
+            buf = buf[9 + n:]
+            if until(*f):
+                return f
+        try:
+            d = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            return None
+        if not d:
+            return None
+        buf += d
+
+
 class DropApp(h._Server):
     """An h2c 'app' that reads the client preface and the first HEADERS frame, then closes."""
 
@@ -150,6 +178,43 @@ class DropApp(h._Server):
                 if buf[3] == 1:  # HEADERS
                     return
                 buf = buf[9 + n:]
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+
+
+class ScriptedApp(h._Server):
+    """An h2c 'app' speaking raw frames: answers each request HEADERS with mode "bighead" (a
+    response head of 200 fields, then DATA) or "rst" (RST_STREAM CANCEL)."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        super().__init__(H, self._h)
+
+    def _h(self, server, c):
+        buf = b""
+        while len(buf) < 24:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        buf = buf[24:]
+        c.sendall(frame(4, 0, 0))
+        while True:
+            while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+                n = int.from_bytes(buf[:3], "big")
+                ftype, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff
+                buf = buf[9 + n:]
+                if ftype == 4 and not flags & 1:
+                    c.sendall(frame(4, 1, 0))  # SETTINGS ACK
+                elif ftype == 1 and self.mode == "rst":
+                    c.sendall(frame(3, 0, sid, struct.pack(">I", 8)))
+                elif ftype == 1:
+                    block = b"\x88" + b"".join(  # :status 200, then literal fields
+                        b"\x00" + bytes([len(k)]) + k + bytes([len(v)]) + v
+                        for k, v in ((b"x-field-%d" % i, b"%d" % i) for i in range(200)))
+                    c.sendall(frame(1, 4, sid, block) + frame(0, 1, sid, b"late body"))
             d = c.recv(65536)
             if not d:
                 return
@@ -196,6 +261,8 @@ with open(os.path.join(WORK, "policy.yaml"), "w") as f:
 
 app = App()
 drop = DropApp()
+bighead = ScriptedApp("bighead")
+rstapp = ScriptedApp("rst")
 apps = {}    # name -> app port
 ports = {}   # name -> (inbound port, outbound port)
 procs = []
@@ -260,8 +327,10 @@ def start():
     apps["verbose"], apps["verbose_log"] = nghttpd(verbose=True)
     apps["grpc"] = app.port
     apps["drop"] = drop.port
+    apps["bighead"] = bighead.port
+    apps["rst"] = rstapp.port
     in_extra, out_extra = ["--policy", os.path.join(WORK, "policy.yaml")], []
-    for name in ("http", "verbose", "drop"):
+    for name in ("http", "verbose", "drop", "bighead", "rst"):
         pi, po = h.free_port(H), h.free_port(H)
         ports[name] = (pi, po)
         in_extra += ["--inbound", "%s=%s" % (h.addr(H, pi), h.addr(H, apps[name]))]
@@ -447,32 +516,27 @@ def app_drops_connection_502():
     assert st == 502, (st, hdrs, body)
 
 
-def frame(ftype, flags, sid, payload=b""):
-    return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + \
-        struct.pack(">I", sid) + payload
+@r.test
+def app_response_head_too_large_502():
+    st, hdrs, body = curl("bighead", "/")
+    assert st == 502 and b"late body" not in body, (st, hdrs, body)
+    assert not any(k.startswith("x-field-") for k in hdrs), hdrs
 
 
-def read_frames(s, until, timeout):
-    """Reads frames until until(type, flags, sid, payload) is true; returns that frame or None at
-    EOF."""
-    s.settimeout(h.T(timeout))
-    buf = b""
-    while True:
-        while len(buf) >= 9:
-            n = int.from_bytes(buf[:3], "big")
-            if len(buf) < 9 + n:
-                break
-            f = (buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, buf[9:9 + n])
-            buf = buf[9 + n:]
-            if until(*f):
-                return f
-        try:
-            d = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            return None
-        if not d:
-            return None
-        buf += d
+H2_GET_ROOT = b"\x82\x86\x84\x01\x09localhost"  # GET http / localhost (HPACK, no indexing)
+
+
+@r.test
+def app_reset_reaches_caller_with_its_code():
+    s = h.connect(H, ports["rst"][1])
+    try:
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0) +
+                  frame(1, 0x5, 1, H2_GET_ROOT))
+        f = read_frames(s, lambda t, fl, sid, p: t == 3 and sid == 1, 10)
+        assert f is not None, "no RST_STREAM for stream 1"
+        assert int.from_bytes(f[3], "big") == 8, "RST_STREAM code %r, expected CANCEL" % f[3]
+    finally:
+        s.close()
 
 
 @r.test
@@ -481,8 +545,7 @@ def rapid_reset_flood():
     ENHANCE_YOUR_CALM, and the proxy keeps serving."""
     s = h.connect(H, ports["http"][1])
     try:
-        # :method GET, :scheme http, :path /, :authority localhost (literal, not indexed)
-        block = b"\x82\x86\x84\x01\x09localhost"
+        block = H2_GET_ROOT
         out = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", frame(4, 0, 0)]
         for i in range(2000):
             sid = 2 * i + 1
@@ -542,6 +605,7 @@ def drain_finishes_streams():
 
 for p in procs:
     p.kill()
-drop.close()
+for srv in (drop, bighead, rstapp):
+    srv.close()
 app.server.stop(0)
 r.finish()
