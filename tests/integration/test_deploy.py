@@ -20,6 +20,10 @@ restartPolicy Always) running as 1337, projected token with audience "ward", pro
 Prometheus annotations, the iptables init container first with exactly NET_ADMIN + NET_RAW, every
 --flag in the binaries' --help, ward-iptables accepting its arguments (--dry-run), ports and UIDs
 consistent between the init container, the proxy, the Service and the probes.
+deploy/observability (kubectl kustomize): two PodMonitors and the Grafana dashboard as a labelled
+ConfigMap; the sidecars' PodMonitor selects the template's label in every namespace on the named
+port of its --admin (exempt from capture, same path as the annotations), the agent's selects the
+Deployment's pods on its --admin port, which its annotations name and its NetworkPolicy admits.
 The Dockerfiles: non-root USERs matching the manifests, runtime packages covering the libraries
 the binaries link (ldd + dpkg), the builder running tools/deps.
 
@@ -774,6 +778,112 @@ def sidecar_flags_in_help():
     known = set(re.findall(r"--[a-z][a-z0-9-]*", out))
     for f, v in parse_args(i.get("args", [])):
         assert f in known, "ward-iptables has no flag %s" % f
+
+
+# --------------------------------------------------------------------------- observability
+
+OBS = os.path.join(DEPLOY, "observability")
+_OBS_RENDER = []
+
+
+def observability():
+    """`kubectl kustomize deploy/observability` (PodMonitors + the dashboard ConfigMap)."""
+    if not _OBS_RENDER:
+        rc, out, err = sh([KUBECTL, "kustomize", OBS], timeout=120)
+        assert rc == 0, "kubectl kustomize deploy/observability: exit %d\n%s" % (rc, err)
+        _OBS_RENDER.append(Render("observability", [d for d in yaml.safe_load_all(out) if d]))
+    return _OBS_RENDER[0]
+
+
+def endpoint_port(c, ep):
+    """The containerPort a PodMonitor endpoint's named port resolves to in container c."""
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", []) or []}
+    assert ep.get("port") in ports, "PodMonitor port %r is not a named port of %s (%s)" % (
+        ep.get("port"), c["name"], sorted(ports))
+    return ports[ep["port"]]
+
+
+@r.test
+def observability_kustomization():
+    M = observability()
+    have = sorted("%s/%s" % k for k in M.by)
+    assert have == ["ConfigMap/ward-grafana-dashboard", "PodMonitor/ward-agent",
+                    "PodMonitor/ward-proxy"], have
+    for d in M.docs:
+        assert d["metadata"].get("namespace") == NAMESPACE, d["metadata"]
+    for name in ("ward-proxy", "ward-agent"):
+        assert M.get("PodMonitor", name)["apiVersion"] == "monitoring.coreos.com/v1"
+    cm = M.get("ConfigMap", "ward-grafana-dashboard")
+    assert (cm["metadata"].get("labels") or {}).get("grafana_dashboard") == "1", cm["metadata"]
+    with open(os.path.join(OBS, "grafana-dashboard.json")) as f:
+        want = json.load(f)
+    assert list(cm.get("data", {})) == ["ward-mesh.json"], sorted(cm.get("data", {}))
+    assert json.loads(cm["data"]["ward-mesh.json"]) == want, "the ConfigMap is not the dashboard"
+    with open(os.path.join(OBS, "kustomization.yaml")) as f:
+        k = yaml.safe_load(f)
+    for g in k.get("configMapGenerator", []):  # kustomize v2.0.3 (Debian's kubectl): none
+        assert "options" not in g, "per-generator options: %s" % g
+
+
+@r.test
+def podmonitor_sidecars():
+    """The sidecars' PodMonitor selects what the template labels, in any namespace, on the named
+    port of the proxy's --admin (the port ward-init exempts from capture, the annotations')."""
+    pm = observability().get("PodMonitor", "ward-proxy")["spec"]
+    pod = load_sidecar()
+    labels = pod["metadata"].get("labels") or {}
+    sel = (pm.get("selector") or {}).get("matchLabels") or {}
+    assert sel and not pm["selector"].get("matchExpressions"), pm.get("selector")
+    for k, v in sel.items():
+        assert labels.get(k) == v, "PodMonitor selects %s=%s; the sidecar template labels %s" % (
+            k, v, labels)
+    assert pm.get("namespaceSelector") == {"any": True}, "meshed pods are in every namespace: " \
+        "%s" % pm.get("namespaceSelector")
+    c, args = proxy_args(pod)
+    aport = addr_port(flag(args, "--admin"))
+    eps = pm.get("podMetricsEndpoints") or []
+    assert len(eps) == 1, eps
+    assert endpoint_port(c, eps[0]) == aport, "PodMonitor port %s is not --admin's %d" % (
+        eps[0].get("port"), aport)
+    ann = pod["metadata"].get("annotations") or {}
+    assert eps[0].get("path", "/metrics") == ann.get("prometheus.io/path"), (eps[0], ann)
+    assert eps[0].get("scheme", "http") == "http", "the admin listener is plain HTTP"
+    i = container(pod["spec"], "ward-init", init=True)
+    iargs = expand(i.get("args", []), resolve_env(i, {}))
+    assert int(flag(iargs, "--admin-port")) == aport, "ward-init captures the admin port: " \
+        "scrapes would land on the mTLS inbound"
+
+
+def check_podmonitor_agent(o):
+    """The agent's PodMonitor and annotations point at its --admin port, which the NetworkPolicy
+    lets in."""
+    R = overlay(o)
+    pm = observability().get("PodMonitor", "ward-agent")["spec"]
+    dep, spec, c = agent_pod(R)
+    tpl = dep["spec"]["template"]["metadata"]
+    sel = (pm.get("selector") or {}).get("matchLabels") or {}
+    assert sel, pm.get("selector")
+    for k, v in sel.items():
+        assert (tpl.get("labels") or {}).get(k) == v, (sel, tpl.get("labels"))
+    assert NAMESPACE in ((pm.get("namespaceSelector") or {}).get("matchNames") or []) or \
+        (pm.get("namespaceSelector") or {}).get("any") is True, pm.get("namespaceSelector")
+    aport = addr_port(flag(agent_args(R), "--admin"))
+    eps = pm.get("podMetricsEndpoints") or []
+    assert len(eps) == 1 and endpoint_port(c, eps[0]) == aport, (eps, aport)
+    ann = tpl.get("annotations") or {}
+    assert ann.get("prometheus.io/scrape") == "true", ann
+    assert ann.get("prometheus.io/port") == str(aport), "annotation port %s, --admin %d" % (
+        ann.get("prometheus.io/port"), aport)
+    assert ann.get("prometheus.io/path") == eps[0].get("path", "/metrics"), (ann, eps[0])
+    np = R.get("NetworkPolicy", "ward-agent")
+    allowed = [p.get("port") for rule in np["spec"].get("ingress", []) or []
+               for p in rule.get("ports", []) or []]
+    assert aport in allowed or "admin" in allowed, "the NetworkPolicy does not let scrapes of " \
+        "%d in: %s" % (aport, allowed)
+
+
+for _o in OVERLAYS:
+    r.run("podmonitor_agent_%s" % _o, check_podmonitor_agent, _o)
 
 
 # --------------------------------------------------------------------------- Dockerfiles
