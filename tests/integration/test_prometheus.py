@@ -2,9 +2,9 @@
 """deploy/observability/ against the real binaries and a real Prometheus server.
 
 A mesh on loopback: ward-agent (its CA, a DENY policy for one identity), an inbound ward-proxy
-(attested by a service-account token) in front of an echo app, an outbound ward-proxy (attested by
-its Unix peer credentials) with two mappings to the inbound: one expecting the inbound's identity,
-one expecting another identity (-> san_mismatch).
+(attested by a service-account token) in front of an echo app and an HTTP app, an outbound
+ward-proxy (attested by its Unix peer credentials) with three mappings to the inbound: echo and
+HTTP expecting the inbound's identity, echo expecting another identity (-> san_mismatch).
 
 - `promtool check metrics` finds no problem in the /metrics of both proxies and of the agent,
   idle and after traffic in both directions, refusals and a policy denial;
@@ -12,11 +12,13 @@ one expecting another identity (-> san_mismatch).
   built without Kubernetes discovery: then the file minus the kubernetes_sd job); the Kubernetes
   job honours prometheus.io/scrape|port|path;
 - a real Prometheus (the shipped static jobs, targets moved to the test's ports, 1 s scrapes)
-  scrapes the three processes (up == 1 each); after 5 good connections, an unknown-CA client, an
-  expired client, a caller the policy denies and a mapping expecting the wrong identity, its HTTP
-  API returns exactly the counters the proxies export: inbound unknown_ca 1, expired 1, outbound
-  san_mismatch 1, outbound successes == the good connections, inbound successes == those + the
-  denied caller, the deny under its policy and peer identity, the agent stream up on both proxies;
+  scrapes the three processes (up == 1 each); after 5 echo connections, 4 HTTP requests, an
+  unknown-CA client, an expired client, a caller the policy denies (twice) and a mapping expecting
+  the wrong identity, its HTTP API returns exactly the counters the proxies export: inbound
+  unknown_ca 1, expired 1, outbound san_mismatch 1, outbound successes == the connections made
+  through it, inbound successes == those + the denied caller's, the denies under their policy and
+  peer identity, the agent stream up on both proxies, ward_requests_total == the HTTP requests
+  (when the inbound decodes HTTP/1.1);
 - deploy/observability/grafana-dashboard.json: parses; every panel has a title, the
   ${DS_PROMETHEUS} datasource, targets with unique refIds, no overlapping gridPos; the metrics the
   observability issue names are all charted; every ward_* name in every query is one that a live
@@ -44,7 +46,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 
 sys.dont_write_bytecode = True  # keep the source tree clean
@@ -240,7 +241,7 @@ def job(cfg, name):
     return js[0]
 
 
-def promtool_check_config(cfg, what):
+def promtool_check_config(cfg):
     d = h.mkdtemp(prefix="ward-promtool-")
     path = os.path.join(d, "prometheus.yml")
     with open(path, "w") as f:
@@ -266,14 +267,14 @@ def prometheus_yml():
         assert "__meta_kubernetes_pod_annotation_prometheus_io_%s" % a in srcs, \
             "ward-pods does not read the prometheus.io/%s annotation" % a
     need("promtool")
-    rc, out = promtool_check_config(cfg, "whole")
+    rc, out = promtool_check_config(cfg)
     if rc != 0 and "kubernetes_sd_configs" in out:
         # Debian builds Prometheus without Kubernetes discovery (client-go is not packaged)
         print("  note: this promtool has no kubernetes_sd_configs (Debian's build); checking the "
               "file without the ward-pods job, whose relabelling is run below through file_sd")
         rest = dict(cfg, scrape_configs=[j for j in cfg["scrape_configs"]
                                          if "kubernetes_sd_configs" not in j])
-        rc, out = promtool_check_config(rest, "without ward-pods")
+        rc, out = promtool_check_config(rest)
     assert rc == 0, "promtool check config: exit %d\n%s" % (rc, out)
 
 
