@@ -14,6 +14,7 @@ the app; a denied HTTP path gets 403 + x-ward-deny-reason; a bad path 400; 5 MiB
 the app; h2load 2000 requests; direct mTLS with ALPN h2; the app dropping its connection gives 502;
 a rapid-reset flood gets GOAWAY ENHANCE_YOUR_CALM and the proxy stays healthy; SIGTERM drains
 (GOAWAY, the in-flight stream completes)."""
+import atexit
 import hashlib
 import importlib
 import os
@@ -267,6 +268,17 @@ apps = {}    # name -> app port
 ports = {}   # name -> (inbound port, outbound port)
 procs = []
 pair = None
+
+
+def stop_apps():
+    """The nghttpd children run in their own session: end them however the test exits."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+
+
+atexit.register(stop_apps)
 
 
 def nghttpd(verbose=False):
@@ -603,8 +615,7 @@ def drain_finishes_streams():
     assert rc == 0, "inbound exit status %r" % rc
 
 
-for p in procs:
-    p.kill()
+stop_apps()
 for srv in (drop, bighead, rstapp):
     srv.close()
 app.server.stop(0)
