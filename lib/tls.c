@@ -824,6 +824,87 @@ out:
     return rc;
 }
 
+int ward_identity_load_server(const char *cert_file, const char *key_file, ward_identity_t **out,
+                              char *err, size_t errlen)
+{
+    uint8_t **cder = NULL;
+    size_t *clen = NULL;
+    int ncert = 0, rc = 0;
+    EVP_PKEY *key = NULL;
+    BIO *kbio = NULL;
+    X509 *leaf = NULL;
+    CRYPTO_BUFFER *chain[WARD_TLS_MAX_CHAIN] = {0};
+    ward_identity_t *id = NULL;
+
+    pthread_once(&ward__tls_once, ward__tls_init_once);
+    ncert = ward_pem_read_certs(cert_file, &cder, &clen);
+    if (ncert < 0) {
+        snprintf(err, errlen, "%s: no readable PEM certificate (%s)", cert_file,
+                 ward_strerror(ncert));
+        rc = WARD_ECERT;
+        goto out;
+    }
+    if (ncert > WARD_TLS_MAX_CHAIN) {
+        snprintf(err, errlen, "%s: more than %d certificates", cert_file, WARD_TLS_MAX_CHAIN);
+        rc = WARD_ECERT;
+        goto out;
+    }
+    kbio = BIO_new_file(key_file, "r");
+    if (kbio == NULL || (key = PEM_read_bio_PrivateKey(kbio, NULL, NULL, NULL)) == NULL) {
+        snprintf(err, errlen, "%s: no readable PEM private key", key_file);
+        rc = WARD_EKEY;
+        goto out;
+    }
+    const uint8_t *p = cder[0];
+    leaf = d2i_X509(NULL, &p, (long)clen[0]);
+    if (leaf == NULL) {
+        snprintf(err, errlen, "%s: the first certificate does not parse", cert_file);
+        rc = WARD_ECERT;
+        goto out;
+    }
+    if (!X509_check_private_key(leaf, key)) {
+        snprintf(err, errlen, "%s: does not match the certificate in %s", key_file, cert_file);
+        rc = WARD_EKEYMISMATCH;
+        goto out;
+    }
+    id = ward_calloc(1, sizeof(*id));
+    if (id == NULL || (id->spiffe_id = ward_strdup("")) == NULL || ward__pool == NULL) {
+        snprintf(err, errlen, "out of memory");
+        rc = WARD_ENOMEM;
+        goto out;
+    }
+    atomic_init(&id->refs, 1);
+    id->not_before = ward_asn1_time_to_unix(X509_get0_notBefore(leaf));
+    id->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(leaf));
+    for (int i = 0; i < ncert; i++) {
+        chain[i] = CRYPTO_BUFFER_new(cder[i], clen[i], ward__pool);
+        if (chain[i] == NULL) {
+            snprintf(err, errlen, "out of memory");
+            rc = WARD_ENOMEM;
+            goto out;
+        }
+    }
+    id->server = ward__ctx_new(id, 1, chain, (size_t)ncert, key);
+    if (id->server == NULL) {
+        snprintf(err, errlen, "%s: could not build the TLS context", cert_file);
+        rc = WARD_ETLS;
+        goto out;
+    }
+    id->generation = atomic_fetch_add(&ward__generation, 1) + 1;
+    *out = id;
+    id = NULL;
+out:
+    for (int i = 0; i < WARD_TLS_MAX_CHAIN; i++)
+        CRYPTO_BUFFER_free(chain[i]);
+    if (id != NULL) ward__identity_free(id);
+    X509_free(leaf);
+    EVP_PKEY_free(key);
+    BIO_free(kbio);
+    if (ncert > 0) ward__free_der(cder, clen, ncert);
+    ERR_clear_error();
+    return rc;
+}
+
 ward_identity_t *ward_identity_ref(ward_identity_t *id)
 {
     atomic_fetch_add_explicit(&id->refs, 1, memory_order_relaxed);
@@ -989,6 +1070,7 @@ ward_tls_reason_t ward_tls_classify(SSL *ssl, ward_tls_peer_t *peer, int ssl_err
             *detail = "peer did not present a client certificate";
         } else if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
             int alert = reason - SSL_AD_REASON_OFFSET;
+            peer->by_peer = 1;
             *detail = SSL_alert_desc_string_long(alert);
             switch (alert) {
             case SSL_AD_CERTIFICATE_EXPIRED:

@@ -346,6 +346,7 @@ static void ward__log_io_error(ward_conn_t *c, ward_side_t *failed)
     if (failed->ssl != NULL && !(failed->flags & WARD_SF_GOT_BYTES)) {
         const char *detail = NULL;
         ward_tls_reason_t r = ward_tls_classify(failed->ssl, &c->peer, 0, &detail);
+        if (c->peer.by_peer) ward_counter_add(&c->w->stats.refused_by_peer[c->dir][r], 1);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_rejected_by_peer")) {
             ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", ward_tls_reason_name(r));
@@ -829,8 +830,15 @@ static void ward__handshake(ward_conn_t *c)
         detail = c->peer.detail;
     }
     if (r != 1) {
-        ward_counter_add(&c->w->stats.handshakes[c->dir][reason], 1);
-        if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
+        /* Counted once in the mesh: by the side that refused. When the peer's alert refused us,
+         * that is the other sidecar's refusal; we count it apart. */
+        int by_peer = c->peer.by_peer && reason != WARD_REASON_PROTOCOL;
+        if (by_peer)
+            ward_counter_add(&c->w->stats.refused_by_peer[c->dir][reason], 1);
+        else
+            ward_counter_add(&c->w->stats.handshakes[c->dir][reason], 1);
+        if (ward_log_begin(&l, WARD_LOG_WARN,
+                           by_peer ? "handshake_rejected_by_peer" : "handshake_failed")) {
             ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", ward_tls_reason_name(reason));
             ward_log_str(&l, "detail", detail);

@@ -251,7 +251,6 @@ int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nwo
         for (int r = 0; r < WARD_REASON_COUNT; r++) {
             uint64_t v = SUM(handshakes[d][r]);
             /* Success and the classic refusal reasons are always present, so rates start at 0. */
-            if (v == 0 && r == WARD_REASON_TIMEOUT) continue;
             if (v == 0 && r == WARD_REASON_PLAINTEXT_REJECTED && d == WARD_DIR_OUTBOUND) continue;
             rc |=
                 ward_strbuf_printf(o,
@@ -261,6 +260,26 @@ int ward_stats_render(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nwo
                                    ward_tls_reason_name(r), (unsigned long long)v);
         }
     }
+    rc |= ward_strbuf_printf(o, "# HELP ward_tls_refused_by_peer_total Handshakes the peer "
+                                "refused with an alert, by the reason its alert names (the peer "
+                                "counts the refusal itself in ward_tls_handshakes_total).\n"
+                                "# TYPE ward_tls_refused_by_peer_total counter\n");
+    for (int d = 0; d < WARD_DIR_COUNT; d++)
+        for (int r = 1; r < WARD_REASON_COUNT; r++) {
+            uint64_t v = SUM(refused_by_peer[d][r]);
+            if (v == 0 && (r == WARD_REASON_TIMEOUT || r == WARD_REASON_PLAINTEXT_REJECTED))
+                continue;
+            rc |= ward_strbuf_printf(o,
+                                     "ward_tls_refused_by_peer_total{direction=\"%s\","
+                                     "reason=\"%s\"} %llu\n",
+                                     ward_dir_name(d), ward_tls_reason_name(r),
+                                     (unsigned long long)v);
+        }
+    rc |= ward_strbuf_printf(o,
+                             "# HELP ward_build_info ward-proxy's version.\n"
+                             "# TYPE ward_build_info gauge\n"
+                             "ward_build_info{version=\"%s\"} 1\n",
+                             WARD_VERSION);
     rc |=
         ward__per_direction(o, workers, nworkers, "ward_tls_resumed_total", "counter",
                             "Handshakes that resumed a session.", offsetof(ward_stats_t, resumed));

@@ -77,6 +77,7 @@ typedef struct {
 typedef struct {
     /* reason NONE = success */
     ward_counter_t handshakes[WARD_DIR_COUNT][WARD_REASON_COUNT];
+    ward_counter_t refused_by_peer[WARD_DIR_COUNT][WARD_REASON_COUNT]; /* the peer's alert */
     ward_counter_t resumed[WARD_DIR_COUNT];
     ward_counter_t conns_total[WARD_DIR_COUNT];
     ward_counter_t conns_open[WARD_DIR_COUNT];

@@ -63,6 +63,14 @@ int ward_identity_from_pkcs8(const uint8_t *const *chain_der, const size_t *chai
 int ward_identity_trust_only(const uint8_t *const *roots_der, const size_t *roots_len,
                              size_t nroots, const char *trust_domain, ward_identity_t **out,
                              char *err, size_t errlen);
+/* A server-only snapshot with an ordinary (web PKI) certificate, for ward-agent's admission
+ * webhook, whose client (the Kubernetes API server) checks a DNS name against the webhook
+ * configuration's caBundle: no trust bundle, no SPIFFE checks, no client certificate asked for
+ * (serve it with peer->no_client_auth = 1). TLS 1.2+ with ward's ciphers and curves. The key must
+ * match the leaf (EC or RSA); not_before/not_after are the leaf's. Returns 0, or WARD_ECERT /
+ * WARD_EKEY / WARD_EKEYMISMATCH / WARD_ETLS / WARD_ENOMEM with err naming the file. */
+int ward_identity_load_server(const char *cert_file, const char *key_file, ward_identity_t **out,
+                              char *err, size_t errlen);
 ward_identity_t *ward_identity_ref(ward_identity_t *id);
 void ward_identity_unref(ward_identity_t *id);
 
@@ -83,6 +91,9 @@ typedef struct ward_tls_peer {
     const char *detail;       /* static explanation of the failure */
     char *peer_id;            /* verified peer SPIFFE id (heap, owned), after the handshake */
     int64_t peer_not_after;
+    /* Set by ward_tls_classify when the failure is the peer's alert (the peer refused us), as
+     * opposed to our own verification or a protocol error. */
+    int by_peer;
     /* ALPN. Client: offers exactly this protocol (NULL = "ward-tcp"). Server: accepts only this
      * one when set, else the client's first choice among h2, http/1.1 and ward-tcp. */
     const char *alpn;
