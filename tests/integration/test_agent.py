@@ -211,7 +211,7 @@ def svid_rotation_under_traffic():
         assert m(p, "ward_cert_expiry_timestamp_seconds") > exp0[p], \
             "%s: certificate expiry did not move forward" % p.name
         assert m(p, "ward_svid_renewals_total") >= 2
-        assert m(p, "ward_agent_nacks_total") == 0
+        assert m(p, "ward_nacks_sent_total") == 0
     long_lived.sendall(b"after rotation")
     assert h.recv_exact(long_lived, 14) == b"after rotation", "open connection broken by rotation"
     long_lived.close()
