@@ -1,6 +1,9 @@
 /* wardctl.c — the operator's command line.
  *
  *   wardctl policy check FILE|DIR...   validate AuthorizationPolicy YAML (file:line:column errors)
+ *   wardctl policy test --policy FILE|DIR --from ID --to ID [request...]
+ *                                      decide one request as the proxy of --to would, and say
+ *                                      which policy and rule decided (wardctl_policy_test.c)
  *   wardctl cert inspect FILE [--ca BUNDLE] [--expect ID]
  *                                      show an SVID: SPIFFE id, validity, issuer, and whether it
  *                                      passes ward's X509-SVID checks (against BUNDLE if given)
@@ -9,7 +12,7 @@
  *                                      agent stream, open connections, refusals by reason
  *
  * Exit status: 0 valid, 1 invalid (the reason is printed), 2 usage error. Later issues add
- * `policy test`, `diagnose`, `status` and `inject`. */
+ * `diagnose`, `status` and `inject`. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -27,6 +30,7 @@
 #include "ward/strbuf.h"
 #include "ward/tls.h"
 #include "wardctl_diagnose.h"
+#include "wardctl_policy_test.h"
 
 #define WARDCTL_MAX_FILE (1u << 20)
 
@@ -36,6 +40,11 @@ static void usage(FILE *out)
           "\n"
           "  policy check FILE|DIR...    validate AuthorizationPolicy YAML files (a directory:\n"
           "                              every *.yaml / *.yml in it, ConfigMap layouts too)\n"
+          "  policy test --policy FILE|DIR --from ID --to ID [--port N] [--method M --path P]\n"
+          "              [--header N=V]... [--source IP] [--hour H] [--mesh-default D]\n"
+          "                              decide one request as the proxy of --to would: ALLOW or\n"
+          "                              DENY, the reason, the deciding policy and rule (exit 0\n"
+          "                              ALLOW, 1 DENY, 2 error; policy test --help)\n"
           "  cert inspect FILE [--ca BUNDLE] [--expect SPIFFE-ID]\n"
           "                              show an X509-SVID and check it as a ward peer would\n"
           "  status [ADMIN_ADDR]         summarise a running proxy (default 127.0.0.1:15000)\n"
@@ -370,6 +379,8 @@ int main(int argc, char **argv)
     }
     if (argc >= 3 && strcmp(argv[1], "policy") == 0 && strcmp(argv[2], "check") == 0)
         return policy_check(argc - 3, argv + 3);
+    if (argc >= 3 && strcmp(argv[1], "policy") == 0 && strcmp(argv[2], "test") == 0)
+        return wardctl_policy_test(argc - 2, argv + 2);
     if (argc >= 3 && strcmp(argv[1], "cert") == 0 && strcmp(argv[2], "inspect") == 0)
         return cert_inspect(argc - 3, argv + 3);
     if (strcmp(argv[1], "status") == 0) return status_cmd(argc - 2, argv + 2);
