@@ -53,6 +53,8 @@ DENY_HDR = "x-ward-deny-reason"
 
 r = h.Results()
 h.require_binary()
+ALL = []    # every ward process started, for the sanitizer scan at the end
+EXITS = []  # (name, first args, exit status) of every one stopped with SIGTERM
 
 
 def slow(seconds):
@@ -668,6 +670,7 @@ class Mesh:
             self.start()
 
     def start(self):
+        ALL.extend([self.inbound] + list(self.outp.values()))
         self.inbound.start()
         for p in self.outp.values():
             p.start()
@@ -682,7 +685,8 @@ class Mesh:
             if c is not None:
                 c.close()
         for p in list(self.outp.values()) + [self.inbound]:
-            p.stop(5)
+            if p.proc is not None and p.proc.poll() is None:
+                EXITS.append((p.name, " ".join(p.args[:2]), p.stop(10)))
         if self.own_apps:
             for a in self.apps:
                 a.close()
@@ -865,6 +869,12 @@ def _matrix_policies(port1, port2):
         policy("billing-all", [{"to": [{"paths": ["/billing"]}]}], ns="billing", selector=None),
         policy("other-workload", [{"to": [{"paths": ["/otherwl"]}]}],
                selector="spiffe://test.local/ns/shop/sa/other"),
+        # another namespace, but its selector names the server: it applies
+        policy("crossns", [{"to": [{"paths": ["/crossns"]}]}], ns="billing"),
+        # two ALLOW policies match: the first in (namespace, name) order decides
+        policy("dup-b", [{"to": [{"paths": ["/dup"]}]}]),
+        policy("dup-a", [{"from": [{"identities": [B_ID]}], "to": [{"paths": ["/never"]}]},
+                         {"to": [{"paths": ["/dup"]}]}]),
     )
 
 
@@ -1003,6 +1013,8 @@ def no_allow_match_and_unselected_policies():
         deny("A", "/otherwl", reason="no_allow_match"),
         # a policy without selector selects every workload of its namespace
         allow("B", "/nswide", policy="shop/nswide"),
+        allow("A", "/crossns", policy="billing/crossns"),
+        allow("A", "/dup", policy="shop/dup-a"),
     ])
 
 
@@ -1143,7 +1155,8 @@ def decision_metrics_and_denial_logs():
     d = h.mkdtemp(prefix="ward-policy-metrics-")
     write_policy(d, "p.yaml", docs(
         policy("allow-web", [{"from": [{"identities": [A_ID]}], "to": [{"paths": ["/m/*"]}]}]),
-        policy("deny-admin", [{"to": [{"paths": ["/m/admin"]}]}], action="DENY")))
+        policy("deny-admin", [{"to": [{"paths": ["/m/nothing-here"]}]},
+                              {"to": [{"paths": ["/m/admin"]}]}], action="DENY")))
     m = Mesh(d)
     try:
         before = decisions(m.inbound)
@@ -1176,6 +1189,7 @@ def decision_metrics_and_denial_logs():
             assert "denied_by_policy" in rec_reason(x), x
             assert x.get("peer_identity") == A_ID and x.get("path") == "/m/admin", x
             assert x.get("method") == "GET", x
+            assert x.get("rule") == 1, "the second rule of deny-admin matched: %r" % x
         nomatch = [x for x in recs if x.get("peer_identity") == B_ID]
         assert len(nomatch) == 4, recs
         for x in nomatch:
@@ -2110,6 +2124,69 @@ def invalid_file_removed_marks_policy_valid_again():
 
 
 @r.test
+def configmap_dir_swaps_and_vanishing_dir():
+    """--policy on a Kubernetes ConfigMap volume (..data symlink swaps): every publish takes
+    effect; the directory disappearing is a failed load that keeps the last good policy."""
+    import agentharness as ah
+    cm = ah.ConfigMapDir({"a.yaml": policy("cm", [{"from": [{"identities": [A_ID]}]}])})
+    m = Mesh(cm.dir)
+    try:
+        check_cases(m, [allow("A", "/cm", policy="shop/cm"),
+                        deny("B", "/cm", reason="no_allow_match")], transports=("raw",))
+        v = policy_version(m.inbound)
+        cm.publish({"b.yaml": policy("cm", [{"from": [{"identities": [B_ID]}]}]),
+                    "c.yaml": policy("cm-deny", [{"to": [{"paths": ["/cm/x"]}]}], action="DENY")})
+        wait_policy_version(m.inbound, v)
+        check_cases(m, [allow("B", "/cm", policy="shop/cm"),
+                        deny("A", "/cm", reason="no_allow_match"),
+                        deny("B", "/cm/x", reason="denied_by_policy", policy="shop/cm-deny")],
+                    transports=("raw",))
+        v = policy_version(m.inbound)
+        gone = cm.dir + ".gone"
+        os.rename(cm.dir, gone)
+        try:
+            h.wait_for(lambda: h.metric_value(m.inbound.metrics(), "ward_policy_valid") == 0,
+                       slow(3), what="ward_policy_valid 0 while the directory is missing")
+            assert policy_version(m.inbound) == v, "a missing directory replaced the policy"
+            check_cases(m, [allow("B", "/cm", policy="shop/cm"),
+                            deny("A", "/cm", reason="no_allow_match")], transports=("raw",))
+        finally:
+            os.rename(gone, cm.dir)
+        cm.publish({"b.yaml": policy("cm", [{"from": [{"identities": [A_ID, B_ID]}]}])})
+        wait_policy_version(m.inbound, v, slow(3))
+        assert h.metric_value(m.inbound.metrics(), "ward_policy_valid") == 1
+        check_cases(m, [allow("A", "/cm", policy="shop/cm"), allow("B", "/cm/x", policy="shop/cm")],
+                    transports=("raw",))
+    finally:
+        m.stop()
+
+
+@r.test
+def startup_refuses_bad_or_missing_policy():
+    """A policy that does not load at start is a configuration error: exit 2 naming the problem
+    (file:line:column for YAML), never a proxy running without its policy."""
+    d = h.mkdtemp(prefix="ward-policy-bad-")
+    write_policy(d, "bad.yaml", BROKEN)
+    app = App()
+    try:
+        for what, path in (("invalid file", d), ("missing path", os.path.join(d, "nope"))):
+            p = h.Proxy(ident_args("orders") + ["--inbound", "%s=%s" % (
+                h.addr(H, h.free_port(H)), app.addr), "--policy", path], name="inbound-bad",
+                mesh_default=None)
+            p.start(wait_ready=False)
+            rc = p.wait(10)
+            if rc is None:
+                p.kill()
+            err = p.stderr_text()
+            assert rc == 2, "%s: exit status %r (want 2):\n%s" % (what, rc, err[-2000:])
+            want = "bad.yaml:5:" if what == "invalid file" else "nope"
+            assert want in err, "%s: the error does not name %r:\n%s" % (what, want, err[-2000:])
+        assert not app.seen()
+    finally:
+        app.close()
+
+
+@r.test
 def sighup_reloads_policy_file_now():
     """--policy FILE (not a directory), a reload interval of 1h: a change is picked up on SIGHUP."""
     d = h.mkdtemp(prefix="ward-policy-hup-")
@@ -2162,6 +2239,7 @@ def agent_pushed_policy():
     os.chmod(pdir, 0o755)
     write_policy(pdir, "others.yaml", _unselected_policies())
     agent = ah.Agent(issuer=iss, policy_dir=pdir, mesh_default=None, log_level="info")
+    ALL.append(agent)
     agent.start()
     app = App()
     m = None
@@ -2211,7 +2289,20 @@ def agent_pushed_policy():
         if m is not None:
             m.stop()
         app.close()
-        agent.stop(5)
+        EXITS.append((agent.name, "", agent.stop(10)))
+
+
+@r.test
+def clean_exits_and_no_sanitizer_reports():
+    bad = [x for x in EXITS if x[2] != 0]
+    assert not bad, "processes that did not exit 0 on SIGTERM: %r" % bad
+    reports = []
+    for p in ALL:
+        for line in p.stderr_text().splitlines():
+            if ("ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line or
+                    "runtime error:" in line or "ERROR: UndefinedBehaviorSanitizer" in line):
+                reports.append((p.name, line.strip()))
+    assert not reports, "sanitizer reports: %r" % reports[:10]
 
 
 for c in _CONNS.values():
