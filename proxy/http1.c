@@ -691,6 +691,22 @@ static int ward__h1_on_head(ward_conn_t *c, ward_h1_t *h)
         h->req = WARD_H1_RQ_DONE;
         return ward__h1_reply(c, h, 405, "method_not_allowed", "CONNECT is not supported\n", 1);
     }
+    /* An upgrade turns the rest of the connection into a tunnel that no request-level decision
+     * sees. WebSocket carries messages, not requests, and is decided once here; any other
+     * upgrade (h2c above all: HTTP/2 requests inside the tunnel would bypass every rule) is
+     * refused. */
+    if (h->flags & WARD_H1_F_UPGRADE) {
+        size_t ul = 0;
+        const char *up = ward__h1_header(h, "upgrade", 7, 0, &ul);
+        if (up == NULL || ul != 9 || strncasecmp(up, "websocket", 9) != 0 ||
+            ward__h1_header(h, "upgrade", 7, 1, &ul) != NULL) {
+            h->req = WARD_H1_RQ_DONE;
+            return ward__h1_reply(c, h, 400, "upgrade_refused",
+                                  "only WebSocket upgrades pass the mesh (for HTTP/2, send it "
+                                  "with prior knowledge)\n",
+                                  1);
+        }
+    }
     for (unsigned i = 0; i < hd->nfields; i++) {
         const ward_h1_field_t *f = &hd->fields[i];
         if (ward__h1_name_is(hd, f, "host")) hosts++;

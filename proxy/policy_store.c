@@ -178,7 +178,11 @@ void ward_policy_store_check(ward_policy_store_t *s, int force)
     char err[512];
     if (s->path == NULL) return;
     int rc = ward__load_files(s, force, err, sizeof(err));
-    if (rc == 1) return;
+    if (rc == 1) {
+        /* Unchanged from the installed set: valid again (e.g. a broken file was removed). */
+        atomic_store(&s->valid, 1);
+        return;
+    }
     if (rc == 0) {
         atomic_fetch_add(&s->reloads_ok, 1);
         atomic_store(&s->valid, 1);
