@@ -998,7 +998,17 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
     ward_conn_t *c = h->data;
     ward_side_t *s = h == &c->down.poll ? &c->down : &c->up;
     if (status < 0) {
-        ward_conn_abort(c, uv_strerror(status));
+        /* libuv reports a socket error (POLLERR) as UV_EBADF: name the socket's own error. */
+        int e = 0;
+        socklen_t el = sizeof(e);
+        if (c->state == WARD_CS_CONNECTING && s == &c->up) {
+            ward__connect_done(c); /* a refused/unreachable connect: counted as such */
+            return;
+        }
+        if (status == UV_EBADF && getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e != 0)
+            ward_conn_abort(c, strerror(e));
+        else
+            ward_conn_abort(c, status == UV_EBADF ? "socket error" : uv_strerror(status));
         return;
     }
     switch (c->state) {
