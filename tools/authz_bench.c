@@ -362,14 +362,24 @@ static void ward_bench_build(ward_bench_set_t *s, size_t rules)
 /* ---- requests ------------------------------------------------------------------------------- */
 
 /* Kept compact, as a request the proxy has just parsed is in cache: its strings sit in one pool,
- * next to each other. */
+ * next to each other; the source addresses and x-tenant values are shared. */
 typedef struct {
-    ward_authz_request_t req;
-    struct sockaddr_in source;
-    const char *tenant;
-    const char *peer, *path;
+    ward_authz_request_t req; /* header_ctx: the x-tenant value, or NULL */
     ward_authz_decision_t want;
 } ward_bench_req_t;
+
+/* 10.<i>.1.2 for the source.ip conditions (10.<i>.0.0/16), and 192.0.2.1 at [250]. */
+static struct sockaddr_in ward_bench_sources[251];
+
+static void ward_bench_sources_init(void)
+{
+    for (int i = 0; i < 251; i++) {
+        char a[32];
+        snprintf(a, sizeof(a), i < 250 ? "10.%d.1.2" : "192.0.2.1", i);
+        ward_bench_sources[i].sin_family = AF_INET;
+        inet_pton(AF_INET, a, &ward_bench_sources[i].sin_addr);
+    }
+}
 
 static char ward_bench_pool[WARD_BENCH_REQUESTS * 128];
 static size_t ward_bench_pool_used;
@@ -387,10 +397,10 @@ static const char *ward_bench_keep(const char *s)
 static const char *ward_bench_header(void *ctx, const char *name, size_t name_len, size_t index,
                                      size_t *value_len)
 {
-    const ward_bench_req_t *r = ctx;
-    if (index == 0 && r->tenant && name_len == 8 && memcmp(name, "x-tenant", 8) == 0) {
-        *value_len = strlen(r->tenant);
-        return r->tenant;
+    const char *tenant = ctx;
+    if (index == 0 && tenant && name_len == 8 && memcmp(name, "x-tenant", 8) == 0) {
+        *value_len = strlen(tenant);
+        return tenant;
     }
     if (index == 0 && name_len == 10 && memcmp(name, "user-agent", 10) == 0) {
         *value_len = 4;
@@ -423,10 +433,7 @@ static void ward_bench_request(const ward_bench_set_t *s, ward_bench_req_t *q)
     memset(q, 0, sizeof(*q));
     q->req.hour = 12;
     q->req.header = ward_bench_header;
-    q->req.header_ctx = q;
-    q->source.sin_family = AF_INET;
-    q->req.source = (const struct sockaddr *)&q->source;
-    inet_pton(AF_INET, "192.0.2.1", &q->source.sin_addr);
+    q->req.source = (const struct sockaddr *)&ward_bench_sources[250];
 
     const ward_bench_tmpl_t *t = NULL;
     char peer[128], path[64];
@@ -439,12 +446,9 @@ static void ward_bench_request(const ward_bench_set_t *s, ward_bench_req_t *q)
         snprintf(path, sizeof(path), "%s", t->path);
         q->req.method = t->method;
         q->req.port = t->port;
-        q->tenant = t->tenant;
-        if (t->source_octet >= 0) {
-            char a[32];
-            snprintf(a, sizeof(a), "10.%d.1.2", t->source_octet);
-            inet_pton(AF_INET, a, &q->source.sin_addr);
-        }
+        q->req.header_ctx = (void *)t->tenant;
+        if (t->source_octet >= 0)
+            q->req.source = (const struct sockaddr *)&ward_bench_sources[t->source_octet];
         q->want = t->kind == WARD_BENCH_DENY ? WARD_AUTHZ_DENY : WARD_AUTHZ_ALLOW;
     } else {
         /* Misses: an unknown caller, or a known one on a path no rule lists. */
@@ -458,11 +462,10 @@ static void ward_bench_request(const ward_bench_set_t *s, ward_bench_req_t *q)
         q->req.port = 8080;
         q->want = WARD_AUTHZ_DENY;
     }
-    q->peer = q->req.peer_id = ward_bench_keep(peer);
-    q->path = ward_bench_keep(path);
+    q->req.peer_id = ward_bench_keep(peer);
     if (q->req.method != NULL) {
-        q->req.path = q->path;
-        q->req.path_len = strlen(q->path);
+        q->req.path = ward_bench_keep(path);
+        q->req.path_len = strlen(path);
     }
 }
 
@@ -525,8 +528,8 @@ static int ward_bench_size(size_t rules, size_t batches, ward_bench_result_t *ou
         if (res.decision != reqs[i].want) {
             fprintf(stderr,
                     "ward-authz-bench: %zu rules: request %zu (%s %s %s) decided %s, want %s\n",
-                    rules, i, reqs[i].peer, reqs[i].req.method ? reqs[i].req.method : "TCP",
-                    reqs[i].req.method ? reqs[i].path : "", res.reason,
+                    rules, i, reqs[i].req.peer_id, reqs[i].req.method ? reqs[i].req.method : "TCP",
+                    reqs[i].req.method ? reqs[i].req.path : "", res.reason,
                     reqs[i].want == WARD_AUTHZ_ALLOW ? "ALLOW" : "DENY");
             rc = WARD_EINVAL;
             goto done;
@@ -643,6 +646,7 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    ward_bench_sources_init();
     ward_bench_result_t res, largest = {0};
     size_t largest_rules = 0;
     for (size_t i = 0; i < nsizes; i++) {
