@@ -511,9 +511,30 @@ const ward_grpc_callbacks_t ward_agent_grpc_callbacks = {
     .on_close = ward__on_close,
 };
 
+/* Flushes the sockets of every session that has something queued. Flushing is done after the
+ * walk over a->sessions, from a list of sockets: a write error closes a connection, which frees
+ * its sessions at once (their calls end), so the session list must not be walked across a flush.
+ * The sockets themselves live until their close callbacks run on a later loop iteration. */
+static void ward__flush_sessions(ward_grpc_sock_t **socks, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ward_grpc_sock_flush(socks[i]);
+}
+
+static ward_grpc_sock_t **ward__socket_list(ward_agent_t *a)
+{
+    size_t n = 0;
+    for (ward_session_t *s = a->sessions; s; s = s->next)
+        n++;
+    /* Out of memory: nothing is flushed now; each socket's periodic tick flushes it. */
+    return ward_malloc((n ? n : 1) * sizeof(ward_grpc_sock_t *));
+}
+
 void ward_agent_push_bundles(ward_agent_t *a)
 {
     uint64_t gen = ward_agent_bundle_version(a);
+    ward_grpc_sock_t **socks = ward__socket_list(a);
+    size_t n = 0;
     for (ward_session_t *s = a->sessions; s; s = s->next) {
         if (!s->active || s->bundle_sent == gen) continue;
         if (s->kind == WARD_SESSION_MESH)
@@ -524,14 +545,20 @@ void ward_agent_push_bundles(ward_agent_t *a)
             s->bundle_sent = gen;
             ward__wl_send_svid(s);
         }
-        ward_grpc_sock_flush(&s->conn->sock);
+        if (socks) socks[n++] = &s->conn->sock;
     }
+    if (socks) ward__flush_sessions(socks, n);
+    ward_free(socks);
 }
 
 void ward_agent_push_policies(ward_agent_t *a)
 {
+    ward_grpc_sock_t **socks = ward__socket_list(a);
+    size_t n = 0;
     for (ward_session_t *s = a->sessions; s; s = s->next) {
         if (!s->active || s->kind != WARD_SESSION_MESH) continue;
-        if (ward__send_policy(s, 0) == 0) ward_grpc_sock_flush(&s->conn->sock);
+        if (ward__send_policy(s, 0) == 0 && socks) socks[n++] = &s->conn->sock;
     }
+    if (socks) ward__flush_sessions(socks, n);
+    ward_free(socks);
 }
