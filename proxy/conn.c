@@ -682,6 +682,8 @@ static void ward__on_phase_timeout(uv_timer_t *t)
     ward_logline_t l;
     if (c->state == WARD_CS_HANDSHAKE) {
         ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_TIMEOUT], 1);
+        ward_stats_count_peer_handshake(&c->w->stats, (ward_dir_t)c->dir, WARD_REASON_TIMEOUT,
+                                        NULL);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
             ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", "timeout");
@@ -833,10 +835,13 @@ static void ward__handshake(ward_conn_t *c)
         /* Counted once in the mesh: by the side that refused. When the peer's alert refused us,
          * that is the other sidecar's refusal; we count it apart. */
         int by_peer = c->peer.by_peer && reason != WARD_REASON_PROTOCOL;
-        if (by_peer)
+        if (by_peer) {
             ward_counter_add(&c->w->stats.refused_by_peer[c->dir][reason], 1);
-        else
+        } else {
             ward_counter_add(&c->w->stats.handshakes[c->dir][reason], 1);
+            ward_stats_count_peer_handshake(&c->w->stats, (ward_dir_t)c->dir, reason,
+                                            c->peer.peer_id);
+        }
         if (ward_log_begin(&l, WARD_LOG_WARN,
                            by_peer ? "handshake_rejected_by_peer" : "handshake_failed")) {
             ward_conn_log_ctx(&l, c);
@@ -848,6 +853,8 @@ static void ward__handshake(ward_conn_t *c)
         return;
     }
     ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_NONE], 1);
+    ward_stats_count_peer_handshake(&c->w->stats, (ward_dir_t)c->dir, WARD_REASON_NONE,
+                                    c->peer.peer_id);
     int resumed = ward_tls_session_reused(t->ssl);
     if (resumed) ward_counter_add(&c->w->stats.resumed[c->dir], 1);
     const char *alpn = ward_tls_alpn(t->ssl);
@@ -895,6 +902,8 @@ static int ward__inbound_peek(ward_conn_t *c)
     if (b == 0x16) return 1;
     if (!c->w->shared->cfg->permissive) {
         ward_counter_add(&c->w->stats.handshakes[c->dir][WARD_REASON_PLAINTEXT_REJECTED], 1);
+        ward_stats_count_peer_handshake(&c->w->stats, (ward_dir_t)c->dir,
+                                        WARD_REASON_PLAINTEXT_REJECTED, NULL);
         if (ward_log_begin(&l, WARD_LOG_WARN, "handshake_failed")) {
             ward_conn_log_ctx(&l, c);
             ward_log_str(&l, "reason", "plaintext_rejected");

@@ -93,26 +93,38 @@ static int ward__render_hist(ward_strbuf_t *o, ward_stats_t *const *workers, siz
     return rc;
 }
 
-/* --- authorization decisions -------------------------------------------------------------- */
+/* --- run-time labelled counters ---------------------------------------------------------- */
 
-void ward_stats_init(ward_stats_t *s)
+static void ward__labels_init(ward_label_table_t *t)
 {
-    memset(s, 0, sizeof(*s));
-    pthread_mutex_init(&s->decisions.mu, NULL);
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->mu, NULL);
 }
 
-void ward_stats_destroy(ward_stats_t *s)
+static void ward__labels_destroy(ward_label_table_t *t)
 {
-    ward_decision_table_t *t = &s->decisions;
     if (t->slots != NULL) {
-        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
-            ward_free(t->slots[i].policy);
-            ward_free(t->slots[i].peer);
+        for (size_t i = 0; i < WARD_LABEL_SLOTS; i++) {
+            ward_free(t->slots[i].a);
+            ward_free(t->slots[i].b);
         }
         ward_free(t->slots);
         t->slots = NULL;
     }
     pthread_mutex_destroy(&t->mu);
+}
+
+void ward_stats_init(ward_stats_t *s)
+{
+    memset(s, 0, sizeof(*s));
+    ward__labels_init(&s->decisions);
+    ward__labels_init(&s->peer_handshakes);
+}
+
+void ward_stats_destroy(ward_stats_t *s)
+{
+    ward__labels_destroy(&s->decisions);
+    ward__labels_destroy(&s->peer_handshakes);
 }
 
 static uint64_t ward__fnv(uint64_t h, const char *s)
@@ -130,90 +142,101 @@ static char *ward__dup(const char *s)
     return d;
 }
 
-void ward_stats_count_decision(ward_stats_t *s, ward_dir_t dir, int allow, const char *policy,
-                               const char *peer)
+/* Adds 1 to the (dir, code, a, b) counter; b is the label folded into "_other" when full. */
+static void ward__labels_count(ward_label_table_t *t, unsigned dir, unsigned code, const char *a,
+                               const char *b)
 {
-    ward_decision_table_t *t = &s->decisions;
-    if (policy == NULL) policy = "";
-    if (peer == NULL) peer = "";
+    if (a == NULL) a = "";
+    if (b == NULL) b = "";
     for (int attempt = 0; attempt < 2; attempt++) {
-        uint64_t h = ward__fnv(
-            ward__fnv(0xcbf29ce484222325ull ^ (uint64_t)(dir * 2 + !!allow), policy), peer);
+        uint64_t h =
+            ward__fnv(ward__fnv(0xcbf29ce484222325ull ^ (uint64_t)(dir * 256 + code), a), b);
         if (t->slots == NULL) {
-            ward_decision_entry_t *slots = ward_calloc(WARD_DECISION_SLOTS, sizeof(*slots));
+            ward_label_entry_t *slots = ward_calloc(WARD_LABEL_SLOTS, sizeof(*slots));
             if (slots == NULL) return;
             pthread_mutex_lock(&t->mu);
             t->slots = slots;
             pthread_mutex_unlock(&t->mu);
         }
-        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
-            ward_decision_entry_t *e = &t->slots[(h + i) & (WARD_DECISION_SLOTS - 1)];
+        for (size_t i = 0; i < WARD_LABEL_SLOTS; i++) {
+            ward_label_entry_t *e = &t->slots[(h + i) & (WARD_LABEL_SLOTS - 1)];
             if (!e->used) {
-                if (t->count >= WARD_DECISION_SLOTS / 2 && strcmp(peer, "_other") != 0) break;
-                char *pol = ward__dup(policy), *pe = ward__dup(peer);
-                if (pol == NULL || pe == NULL) {
-                    ward_free(pol);
-                    ward_free(pe);
+                if (t->count >= WARD_LABEL_SLOTS / 2 && strcmp(b, "_other") != 0) break;
+                char *da = ward__dup(a), *db = ward__dup(b);
+                if (da == NULL || db == NULL) {
+                    ward_free(da);
+                    ward_free(db);
                     return;
                 }
                 pthread_mutex_lock(&t->mu);
-                e->policy = pol;
-                e->peer = pe;
+                e->a = da;
+                e->b = db;
                 e->hash = h;
                 e->dir = (uint8_t)dir;
-                e->allow = (uint8_t) !!allow;
+                e->code = (uint8_t)code;
                 e->used = 1;
                 t->count++;
                 pthread_mutex_unlock(&t->mu);
                 ward_counter_add(&e->n, 1);
                 return;
             }
-            if (e->hash == h && e->dir == dir && e->allow == !!allow &&
-                strcmp(e->policy, policy) == 0 && strcmp(e->peer, peer) == 0) {
+            if (e->hash == h && e->dir == dir && e->code == code && strcmp(e->a, a) == 0 &&
+                strcmp(e->b, b) == 0) {
                 ward_counter_add(&e->n, 1);
                 return;
             }
         }
-        peer = "_other"; /* table full: fold into one series */
+        b = "_other"; /* table full: fold into one series */
     }
 }
 
+void ward_stats_count_decision(ward_stats_t *s, ward_dir_t dir, int allow, const char *policy,
+                               const char *peer)
+{
+    ward__labels_count(&s->decisions, dir, allow ? 1 : 0, policy, peer);
+}
+
+void ward_stats_count_peer_handshake(ward_stats_t *s, ward_dir_t dir, ward_tls_reason_t reason,
+                                     const char *peer)
+{
+    ward__labels_count(&s->peer_handshakes, dir, reason, "", peer);
+}
+
 typedef struct {
-    const char *policy, *peer;
-    uint8_t dir, allow;
+    const char *a, *b;
+    uint8_t dir, code;
     uint64_t n;
 } ward__row_t;
 
-static int ward__row_cmp(const void *a, const void *b)
+static int ward__row_cmp(const void *x_, const void *y_)
 {
-    const ward__row_t *x = a, *y = b;
+    const ward__row_t *x = x_, *y = y_;
     if (x->dir != y->dir) return x->dir < y->dir ? -1 : 1;
-    if (x->allow != y->allow) return x->allow < y->allow ? -1 : 1;
-    int c = strcmp(x->policy, y->policy);
-    return c ? c : strcmp(x->peer, y->peer);
+    if (x->code != y->code) return x->code < y->code ? -1 : 1;
+    int c = strcmp(x->a, y->a);
+    return c ? c : strcmp(x->b, y->b);
 }
 
-/* Sums the workers' decision tables (same label set -> one series). */
-static int ward__render_decisions(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers)
+/* Renders one table summed over the workers (same label set -> one series); `line` prints the
+ * label part of one series. */
+static int ward__render_labels(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers,
+                               size_t table_off, const char *name,
+                               int (*line)(ward_strbuf_t *o, const ward__row_t *r))
 {
-    int rc = ward_strbuf_printf(o, "# HELP ward_authz_decisions_total Authorization decisions by "
-                                   "direction, decision, deciding policy and peer identity.\n"
-                                   "# TYPE ward_authz_decisions_total counter\n");
-    size_t cap = 0, n = 0;
-    for (size_t w = 0; w < nworkers; w++)
-        cap += WARD_DECISION_SLOTS;
-    ward__row_t *rows = ward_malloc(cap * sizeof(*rows));
+    size_t n = 0;
+    int rc = 0;
+    ward__row_t *rows = ward_malloc(nworkers * WARD_LABEL_SLOTS * sizeof(*rows) + 1);
     if (rows == NULL) return WARD_ENOMEM;
+#define WARD__TABLE(w) ((ward_label_table_t *)((char *)workers[w] + table_off))
     for (size_t w = 0; w < nworkers; w++)
-        pthread_mutex_lock(&workers[w]->decisions.mu);
+        pthread_mutex_lock(&WARD__TABLE(w)->mu);
     for (size_t w = 0; w < nworkers; w++) {
-        const ward_decision_table_t *t = &workers[w]->decisions;
+        const ward_label_table_t *t = WARD__TABLE(w);
         if (t->slots == NULL) continue;
-        for (size_t i = 0; i < WARD_DECISION_SLOTS; i++) {
-            const ward_decision_entry_t *e = &t->slots[i];
-            if (!e->used) continue;
-            rows[n++] =
-                (ward__row_t){e->policy, e->peer, e->dir, e->allow, ward_counter_get(&e->n)};
+        for (size_t i = 0; i < WARD_LABEL_SLOTS; i++) {
+            const ward_label_entry_t *e = &t->slots[i];
+            if (e->used)
+                rows[n++] = (ward__row_t){e->a, e->b, e->dir, e->code, ward_counter_get(&e->n)};
         }
     }
     qsort(rows, n, sizeof(*rows), ward__row_cmp);
@@ -222,19 +245,51 @@ static int ward__render_decisions(ward_strbuf_t *o, ward_stats_t *const *workers
         size_t j = i;
         for (; j < n && ward__row_cmp(&rows[i], &rows[j]) == 0; j++)
             sum += rows[j].n;
-        rc |= ward_strbuf_printf(o,
-                                 "ward_authz_decisions_total{direction=\"%s\",decision=\"%s\","
-                                 "policy=",
-                                 ward_dir_name(rows[i].dir), rows[i].allow ? "allow" : "deny");
-        rc |= ward_strbuf_label(o, rows[i].policy);
-        rc |= ward_strbuf_printf(o, ",peer_identity=");
-        rc |= ward_strbuf_label(o, rows[i].peer);
+        rc |= ward_strbuf_printf(o, "%s{", name);
+        rc |= line(o, &rows[i]);
         rc |= ward_strbuf_printf(o, "} %llu\n", (unsigned long long)sum);
         i = j;
     }
     for (size_t w = 0; w < nworkers; w++)
-        pthread_mutex_unlock(&workers[w]->decisions.mu);
+        pthread_mutex_unlock(&WARD__TABLE(w)->mu);
+#undef WARD__TABLE
     ward_free(rows);
+    return rc;
+}
+
+static int ward__decision_line(ward_strbuf_t *o, const ward__row_t *r)
+{
+    int rc =
+        ward_strbuf_printf(o, "direction=\"%s\",decision=\"%s\",policy=", ward_dir_name(r->dir),
+                           r->code ? "allow" : "deny");
+    rc |= ward_strbuf_label(o, r->a);
+    rc |= ward_strbuf_printf(o, ",peer_identity=");
+    rc |= ward_strbuf_label(o, r->b);
+    return rc;
+}
+
+static int ward__handshake_line(ward_strbuf_t *o, const ward__row_t *r)
+{
+    int rc = ward_strbuf_printf(
+        o, "direction=\"%s\",result=\"%s\",reason=\"%s\",peer_identity=", ward_dir_name(r->dir),
+        r->code ? "failure" : "success", ward_tls_reason_name((ward_tls_reason_t)r->code));
+    rc |= ward_strbuf_label(o, r->b);
+    return rc;
+}
+
+static int ward__render_decisions(ward_strbuf_t *o, ward_stats_t *const *workers, size_t nworkers)
+{
+    int rc = ward_strbuf_printf(o, "# HELP ward_authz_decisions_total Authorization decisions by "
+                                   "direction, decision, deciding policy and peer identity.\n"
+                                   "# TYPE ward_authz_decisions_total counter\n");
+    rc |= ward__render_labels(o, workers, nworkers, offsetof(ward_stats_t, decisions),
+                              "ward_authz_decisions_total", ward__decision_line);
+    rc |= ward_strbuf_printf(o, "# HELP ward_tls_peer_handshakes_total Handshakes by direction, "
+                                "result, reason and the peer's verified SPIFFE id (empty when "
+                                "none was verified).\n"
+                                "# TYPE ward_tls_peer_handshakes_total counter\n");
+    rc |= ward__render_labels(o, workers, nworkers, offsetof(ward_stats_t, peer_handshakes),
+                              "ward_tls_peer_handshakes_total", ward__handshake_line);
     return rc;
 }
 

@@ -35,24 +35,26 @@ static inline uint64_t ward_counter_get(const ward_counter_t *c)
 
 typedef enum { WARD_FLOW_TO_UPSTREAM = 0, WARD_FLOW_TO_DOWNSTREAM = 1 } ward_flow_t;
 
-/* ward_authz_decisions_total{direction,decision,policy,peer_identity}: labels known only at run
- * time, so a small open-addressing table per worker. The owning worker looks entries up without a
- * lock (it is the only writer) and inserts under `mu`; the scraper reads under `mu`. Bounded: past
- * WARD_DECISION_SLOTS/2 distinct label sets, new ones are counted under peer_identity="_other". */
-#define WARD_DECISION_SLOTS 1024
+/* Counters whose labels are known only at run time (policy names, peer identities): a small
+ * open-addressing table per worker, keyed by (direction, code, a, b). Used for
+ * ward_authz_decisions_total{direction,decision,policy,peer_identity} (code = allow, a = policy,
+ * b = peer) and ward_tls_peer_handshakes_total{direction,result,reason,peer_identity} (code =
+ * reason, a = peer). The owning worker looks entries up without a lock (it is the only writer)
+ * and inserts under `mu`; the scraper reads under `mu`. Bounded: past WARD_LABEL_SLOTS/2 distinct
+ * label sets, new ones are counted with peer_identity "_other". */
+#define WARD_LABEL_SLOTS 1024
 typedef struct {
-    char *policy; /* "ns/name", "mesh-default" or "" (owned) */
-    char *peer;   /* peer SPIFFE id, "" when unauthenticated, "_other" (owned) */
+    char *a, *b; /* owned; "" when absent */
     uint64_t hash;
-    uint8_t dir, allow, used;
+    uint8_t dir, code, used;
     ward_counter_t n;
-} ward_decision_entry_t;
+} ward_label_entry_t;
 
 typedef struct {
     pthread_mutex_t mu;
-    ward_decision_entry_t *slots; /* WARD_DECISION_SLOTS, allocated on first use */
+    ward_label_entry_t *slots; /* WARD_LABEL_SLOTS, allocated on first use */
     size_t count;
-} ward_decision_table_t;
+} ward_label_table_t;
 
 /* Histogram bucket bounds (seconds), shared by every worker; counts are per bucket (not
  * cumulative) and summed + accumulated on scrape. */
@@ -87,11 +89,12 @@ typedef struct {
     ward_counter_t refused_no_identity[WARD_DIR_COUNT];
     ward_counter_t accept_paused_fds;
     ward_counter_t protocols[WARD_DIR_COUNT][3]; /* connections by ward_proto_t */
-    ward_counter_t plaintext[WARD_DIR_COUNT]; /* carried without mTLS (passthrough/permissive) */
-    ward_counter_t egress_refused;            /* --strict-egress: no sidecar at the destination */
+    ward_counter_t plaintext[WARD_DIR_COUNT];    /* carried without mTLS (passthrough/permissive) */
+    ward_counter_t egress_refused; /* --strict-egress: no sidecar at the destination */
     ward_counter_t loops_refused[WARD_DIR_COUNT]; /* captured connections aimed at ourselves */
     ward_counter_t requests[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
-    ward_decision_table_t decisions;
+    ward_label_table_t decisions;       /* code: 1 allow, 0 deny; a: policy; b: peer */
+    ward_label_table_t peer_handshakes; /* code: ward_tls_reason_t; a: peer id */
     ward_req_hist_t req_duration[WARD_DIR_COUNT][WARD_REQ_PROTOS][6];
     ward_conn_hist_t conn_duration[WARD_DIR_COUNT];
 } ward_stats_t;
@@ -106,6 +109,10 @@ void ward_stats_destroy(ward_stats_t *s);
 /* Counts one authorization decision (worker thread only). policy and peer may be NULL. */
 void ward_stats_count_decision(ward_stats_t *s, ward_dir_t dir, int allow, const char *policy,
                                const char *peer);
+/* Counts one handshake outcome with the peer's verified identity (worker thread only; peer NULL
+ * when none was verified). */
+void ward_stats_count_peer_handshake(ward_stats_t *s, ward_dir_t dir, ward_tls_reason_t reason,
+                                     const char *peer);
 
 /* Process-wide values owned by the main thread. */
 typedef struct {

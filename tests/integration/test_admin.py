@@ -159,6 +159,10 @@ def connections_page():
     for s in held:
         s.close()
     m = inbound.metrics()
+    # Per-peer handshake metrics: the three connections, labelled with the verified caller.
+    assert h.metric_value(m, "ward_tls_peer_handshakes_total", direction="inbound",
+                          result="success", reason="none", peer_identity=client_id) == 3, \
+        [x for x in m if x[0] == "ward_tls_peer_handshakes_total"] if isinstance(m, list) else m
     assert h.metric_value(m, "process_open_fds") > 0 and \
         h.metric_value(m, "process_resident_memory_bytes") > 0, "process metrics"
 
