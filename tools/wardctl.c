@@ -31,6 +31,7 @@
 #include "ward/tls.h"
 #include "wardctl_diagnose.h"
 #include "wardctl_policy_test.h"
+#include "wardctl_inject.h"
 
 #define WARDCTL_MAX_FILE (1u << 20)
 
@@ -51,6 +52,9 @@ static void usage(FILE *out)
           "  diagnose TARGET [--cert F --key F] [--ca F] [--expect ID] [--admin ADDR] ...\n"
           "                              connect to an mTLS server as a sidecar would and say\n"
           "                              why it works or fails (diagnose --help)\n"
+          "  inject -f FILE|- [-o yaml|json] [options]\n"
+          "                              add the ward sidecar to the pod templates of manifests\n"
+          "                              (inject --help)\n"
           "  --help, --version\n"
           "\n"
           "Exit status: 0 valid / healthy, 1 invalid / not ready / unreachable (reason printed),\n"
@@ -385,6 +389,7 @@ int main(int argc, char **argv)
         return cert_inspect(argc - 3, argv + 3);
     if (strcmp(argv[1], "status") == 0) return status_cmd(argc - 2, argv + 2);
     if (strcmp(argv[1], "diagnose") == 0) return wardctl_diagnose(argc - 2, argv + 2);
+    if (strcmp(argv[1], "inject") == 0) return wardctl_inject(argc - 2, argv + 2);
     fprintf(stderr, "wardctl: unknown command (see wardctl --help)\n");
     return 2;
 }
