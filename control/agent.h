@@ -12,6 +12,7 @@
 #include "ward/addr.h"
 #include "ward/buf.h"
 #include "ward/grpc_sock.h"
+#include "ward/inject.h"
 #include "ward/log.h"
 #include "ward/policy.h"
 #include "ward/tls.h"
@@ -37,6 +38,11 @@ typedef struct {
     int admin_enabled;
     ward_addr_t admin;
     ward_log_level_t log_level;
+    int webhook_enabled; /* --webhook-listen: the admission webhook (webhook.h) */
+    ward_addr_t webhook_listen;
+    char *webhook_cert;
+    char *webhook_key;
+    char *inject[WARD_INJECT_OPT_COUNT]; /* --inject-NAME values; NULL: the template's */
 } ward_agent_config_t;
 
 typedef struct ward_agent ward_agent_t;

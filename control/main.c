@@ -14,9 +14,11 @@
 #include <dirent.h>
 
 #include "agent.h"
+#include "webhook.h"
 #include "ward/admin.h"
 #include "ward/alloc.h"
 #include "ward/err.h"
+#include "ward/inject.h"
 #include "ward/spiffe.h"
 #include "ward/sys.h"
 
@@ -36,6 +38,8 @@ static ward_agent_listener_t ward__listeners[2];
 static int ward__nlisteners;
 static ward_admin_t ward__admin;
 static uint64_t ward__ticks;
+static ward_injector_t *ward__injector;
+static ward_webhook_t *ward__webhook;
 
 static void ward__usage(FILE *out)
 {
@@ -60,11 +64,22 @@ static void ward__usage(FILE *out)
         "  --workload-svid-ttl D    lifetime of Workload API SVIDs (1h)\n"
         "  --admin ADDR             /metrics, /ready, /live, or 'off' (127.0.0.1:15010)\n"
         "  --log-level L            debug | info | warn | error (info)\n"
-        "  --help, --version\n"
-        "\n"
-        "Signals: SIGHUP re-reads policies and workloads now; SIGUSR1 starts a CA rotation (new\n"
-        "root into every bundle first, signing switches once proxies have ACKed it).\n",
+        "  --webhook-listen ADDR    serve the sidecar-injecting admission webhook (HTTPS,\n"
+        "                           POST /inject) with --webhook-cert F --webhook-key F (PEM;\n"
+        "                           re-read when they change); sidecar options:\n",
         out);
+    for (int i = 0; i < WARD_INJECT_OPT_COUNT; i++) {
+        char left[64];
+        snprintf(left, sizeof(left), "--inject-%s %s", ward_inject_option_name(i),
+                 ward_inject_option_arg(i));
+        fprintf(out, "    %-30s %s\n", left, ward_inject_option_help(i));
+    }
+    fputs("  --help, --version\n"
+          "\n"
+          "Signals: SIGHUP re-reads policies, workloads and the webhook certificate now; SIGUSR1\n"
+          "starts a CA rotation (new root into every bundle first, signing switches once proxies\n"
+          "have ACKed it).\n",
+          out);
 }
 
 static int ward__dup(char **dst, const char *v)
@@ -93,7 +108,11 @@ enum {
     O_ADMIN,
     O_LOG,
     O_HELP,
-    O_VERSION
+    O_VERSION,
+    O_WH_LISTEN,
+    O_WH_CERT,
+    O_WH_KEY,
+    O_INJECT /* O_INJECT + i: --inject-<ward_inject_option_name(i)> */
 };
 
 static char **ward__string_option(ward_agent_config_t *c, int opt)
@@ -119,9 +138,27 @@ static char **ward__string_option(ward_agent_config_t *c, int opt)
         return &c->token_audience;
     case O_POLICY:
         return &c->policy_dir;
+    case O_WH_CERT:
+        return &c->webhook_cert;
+    case O_WH_KEY:
+        return &c->webhook_key;
     default:
+        if (opt >= O_INJECT && opt < O_INJECT + WARD_INJECT_OPT_COUNT)
+            return &c->inject[opt - O_INJECT];
         return NULL;
     }
+}
+
+/* The fixed options, then --inject-NAME for every option of the injector (ward/inject.h). */
+static void ward__options(const struct option *fixed, size_t nfixed, struct option *all,
+                          char names[][64])
+{
+    memcpy(all, fixed, nfixed * sizeof(*fixed));
+    for (int i = 0; i < WARD_INJECT_OPT_COUNT; i++) {
+        snprintf(names[i], 64, "inject-%s", ward_inject_option_name(i));
+        all[nfixed + (size_t)i] = (struct option){names[i], required_argument, NULL, O_INJECT + i};
+    }
+    memset(&all[nfixed + WARD_INJECT_OPT_COUNT], 0, sizeof(*all));
 }
 
 static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err, size_t errlen)
@@ -144,7 +181,13 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
                                          {"log-level", required_argument, NULL, O_LOG},
                                          {"help", no_argument, NULL, O_HELP},
                                          {"version", no_argument, NULL, O_VERSION},
-                                         {NULL, 0, NULL, 0}};
+                                         {"webhook-listen", required_argument, NULL, O_WH_LISTEN},
+                                         {"webhook-cert", required_argument, NULL, O_WH_CERT},
+                                         {"webhook-key", required_argument, NULL, O_WH_KEY}};
+    enum { NFIXED = sizeof(opts) / sizeof(opts[0]) };
+    struct option all[NFIXED + WARD_INJECT_OPT_COUNT + 1];
+    char names[WARD_INJECT_OPT_COUNT][64];
+    ward__options(opts, NFIXED, all, names);
     const char *why = NULL;
     uint64_t ms;
     int ch, rc = 0;
@@ -161,7 +204,7 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
         return WARD_ENOMEM;
     optind = 0; /* 0, not 1: also resets glibc's position inside a group of short options */
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, ":", all, NULL)) != -1) {
         char **str = ward__string_option(c, ch);
         if (str != NULL) {
             if (ward__dup(str, optarg) < 0) return WARD_ENOMEM;
@@ -174,6 +217,13 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
                 return WARD_EINVAL;
             }
             c->tls_enabled = 1;
+            break;
+        case O_WH_LISTEN:
+            if (ward_addr_parse(optarg, strlen(optarg), 1, &c->webhook_listen, &why) < 0) {
+                snprintf(err, errlen, "--webhook-listen '%s': %s", optarg, why);
+                return WARD_EINVAL;
+            }
+            c->webhook_enabled = 1;
             break;
         case O_ADMIN:
             if (strcmp(optarg, "off") == 0) {
@@ -253,7 +303,33 @@ static int ward__parse(ward_agent_config_t *c, int argc, char **argv, char *err,
         snprintf(err, errlen, "--jwks needs --token-issuer");
         return WARD_EINVAL;
     }
+    if (c->webhook_enabled && (c->webhook_cert == NULL || c->webhook_key == NULL)) {
+        snprintf(err, errlen, "--webhook-listen needs --webhook-cert and --webhook-key");
+        return WARD_EINVAL;
+    }
+    if (!c->webhook_enabled && (c->webhook_cert != NULL || c->webhook_key != NULL)) {
+        snprintf(err, errlen, "--webhook-cert/--webhook-key need --webhook-listen");
+        return WARD_EINVAL;
+    }
+    for (int i = 0; i < WARD_INJECT_OPT_COUNT && !c->webhook_enabled; i++) {
+        if (c->inject[i] != NULL) {
+            snprintf(err, errlen, "--inject-%s needs --webhook-listen", ward_inject_option_name(i));
+            return WARD_EINVAL;
+        }
+    }
     return 0;
+}
+
+/* The webhook's injector: the sidecar template with the --inject-* options; the agent's own trust
+ * domain unless --inject-trust-domain says otherwise. */
+static int ward__make_injector(const ward_agent_config_t *c, char *err, size_t errlen)
+{
+    ward_inject_options_t o;
+    for (int i = 0; i < WARD_INJECT_OPT_COUNT; i++)
+        o.v[i] = c->inject[i];
+    if (o.v[WARD_INJECT_OPT_TRUST_DOMAIN] == NULL)
+        o.v[WARD_INJECT_OPT_TRUST_DOMAIN] = c->trust_domain;
+    return ward_injector_new(&o, "--inject-", &ward__injector, err, errlen);
 }
 
 /* --- policies ------------------------------------------------------------------------------- */
@@ -617,6 +693,8 @@ static void ward__stop(ward_agent_t *a)
     uv_close((uv_handle_t *)&a->sig_usr1, NULL);
     uv_close((uv_handle_t *)&a->sig_hup, NULL);
     ward_admin_stop(&ward__admin);
+    ward_webhook_stop(ward__webhook);
+    ward__webhook = NULL;
 }
 
 /* Re-reads --workloads. Streams already attested keep their identity (sessions hold their own
@@ -646,6 +724,10 @@ static void ward__on_signal(uv_signal_t *sig, int signum)
     if (signum == SIGUSR1) {
         ward__start_rotation(a);
     } else if (signum == SIGHUP) {
+        char err[512];
+        if (ward__webhook != NULL && ward_webhook_reload(ward__webhook, err, sizeof(err)) < 0)
+            ward_log_msg(WARD_LOG_ERROR, "webhook_cert_rejected", "%s; keeping the previous one",
+                         err);
         ward__reload_workloads(a);
         ward__policy_fp = 0;
         a->policy_error[0] = '\0';
@@ -667,6 +749,8 @@ static int ward__render_metrics(void *ctx, ward_strbuf_t *o)
             workload += x->active;
     }
     if (ward_sys_process_metrics(o) < 0) return WARD_ENOMEM;
+    if (ward__webhook != NULL && ward_webhook_render_metrics(ward__webhook, o) < 0)
+        return WARD_ENOMEM;
     return ward_strbuf_printf(
         o,
         "# HELP ward_agent_streams Open attested streams by kind.\n"
@@ -733,6 +817,10 @@ int main(int argc, char **argv)
         return 2;
     }
     ward_log_set_level(a->cfg.log_level);
+    if (a->cfg.webhook_enabled && (rc = ward__make_injector(&a->cfg, err, sizeof(err))) < 0) {
+        fprintf(stderr, "ward-agent: %s\n", err);
+        return rc == WARD_EINVAL ? 2 : 1;
+    }
     uint64_t nofile = ward_sys_raise_nofile();
     a->loop = uv_default_loop();
     ward_pool_init(&a->pool, 16);
@@ -779,6 +867,16 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    if (a->cfg.webhook_enabled) {
+        ward_webhook_config_t wc = {.listen = a->cfg.webhook_listen,
+                                    .cert_file = a->cfg.webhook_cert,
+                                    .key_file = a->cfg.webhook_key,
+                                    .injector = ward__injector};
+        if (ward_webhook_start(&ward__webhook, a->loop, &wc, err, sizeof(err)) < 0) {
+            fprintf(stderr, "ward-agent: %s\n", err);
+            return 1;
+        }
+    }
     uv_timer_init(a->loop, &a->tick);
     a->tick.data = a;
     uv_timer_start(&a->tick, ward__on_tick, WARD_AGENT_TICK_MS, WARD_AGENT_TICK_MS);
@@ -806,9 +904,16 @@ int main(int argc, char **argv)
         ward_log_str(&l, "attestation",
                      a->jwks ? (a->workloads ? "peercred+token" : "token")
                              : (a->workloads ? "peercred" : "none"));
+        if (a->cfg.webhook_enabled) {
+            char as[64];
+            ward_log_str(&l, "webhook",
+                         ward_addr_format((const struct sockaddr *)&a->cfg.webhook_listen.ss, as,
+                                          sizeof(as)));
+        }
         ward_log_end(&l);
     }
     uv_run(a->loop, UV_RUN_DEFAULT);
+    ward_injector_free(ward__injector);
     ward_policy_set_free(&a->policies);
     ward_identity_unref(a->tls_identity);
     ward_workloads_free(a->workloads);

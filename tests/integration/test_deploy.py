@@ -24,6 +24,12 @@ deploy/observability (kubectl kustomize): two PodMonitors and the Grafana dashbo
 ConfigMap; the sidecars' PodMonitor selects the template's label in every namespace on the named
 port of its --admin (exempt from capture, same path as the annotations), the agent's selects the
 Deployment's pods on its --admin port, which its annotations name and its NetworkPolicy admits.
+The admission webhook (deploy/base/webhook.yaml): Fail, no side effects, v1 reviews, Pod CREATE
+only, the ward-system namespace and opted-out pods excluded, clientConfig naming the Service port
+that reaches the agent's --webhook-listen, a caBundle that verifies the serving certificate of the
+ward-webhook-tls Secret for the Service's DNS name; and the agent started with the rendered args
+answers a real AdmissionReview over that TLS (checked with the caBundle and the Service name)
+with a patch that injects the overlay's images.
 The Dockerfiles: non-root USERs matching the manifests, runtime packages covering the libraries
 the binaries link (ldd + dpkg), the builder running tools/deps.
 
@@ -43,6 +49,7 @@ sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import harness as h  # noqa: E402
 import agentharness as ah  # noqa: E402
+import jsonpatch  # noqa: E402
 import tokens  # noqa: E402
 
 r = h.Results()
@@ -295,6 +302,54 @@ OVERLAYS = sorted(d for d in os.listdir(os.path.join(DEPLOY, "overlays"))
                   if os.path.isfile(os.path.join(DEPLOY, "overlays", d, "kustomization.yaml")))
 
 
+WEBHOOK_DNS = "ward-agent.%s.svc" % NAMESPACE
+
+
+def serving_cert(dns_names, days=1):
+    """(ca_cert, leaf_cert, leaf_key) of a fresh CA and a server certificate for dns_names."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test webhook CA"))
+          .issuer_name(name("test webhook CA")).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name(dns_names[0])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in dns_names]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return ca, leaf, key
+
+
+def write_webhook_inputs(out):
+    """make-cluster-inputs' webhook files, without openssl."""
+    import certs
+    ca, leaf, key = serving_cert([WEBHOOK_DNS])
+    certs.write_cert(os.path.join(out, "webhook-ca.crt"), ca)
+    certs.write_cert(os.path.join(out, "webhook.crt"), leaf)
+    certs.write_key(os.path.join(out, "webhook.key"), key)
+    bundle = base64.b64encode(certs.cert_pem(ca)).decode()
+    with open(os.path.join(out, "webhook-ca-patch.yaml"), "w") as f:
+        for i in (0, 1):
+            f.write("- op: add\n  path: /webhooks/%d/clientConfig/caBundle\n  value: %s\n"
+                    % (i, bundle))
+
+
 @r.test
 def prepare_cluster_inputs():
     """A copy of deploy/ with each overlay's cluster/ filled: a dev CA by make-cluster-inputs
@@ -325,7 +380,9 @@ def prepare_cluster_inputs():
             certs.write_key(os.path.join(out, "ca.key"), inter[1])
             certs.write_cert(os.path.join(out, "root.crt"), root[0])
             shutil.copy(jwks, os.path.join(out, "jwks.json"))
-        for f in ("ca.crt", "ca.key", "root.crt", "jwks.json"):
+            write_webhook_inputs(out)
+        for f in ("ca.crt", "ca.key", "root.crt", "jwks.json", "webhook.crt", "webhook.key",
+                  "webhook-ca.crt", "webhook-ca-patch.yaml"):
             assert os.path.exists(os.path.join(out, f)), "%s/%s missing" % (out, f)
     # make-cluster-inputs refuses to overwrite, and rejects bad arguments with exit 2
     rc, so, se = sh([os.path.join(DEPLOY, "make-cluster-inputs"), "--out", out, "--dev-ca",
@@ -375,11 +432,14 @@ def check_objects(o):
                        ("Deployment", "ward-agent"), ("Service", "ward-agent"),
                        ("Secret", "ward-ca"), ("ConfigMap", "ward-policies"),
                        ("ConfigMap", "ward-jwks"), ("ConfigMap", "ward-agent-bundle"),
-                       ("ConfigMap", "ward-agent-config")):
+                       ("ConfigMap", "ward-agent-config"), ("Secret", "ward-webhook-tls"),
+                       ("MutatingWebhookConfiguration", "ward-sidecar-injector")):
         R.get(kind, name)
-    sec = R.get("Secret", "ward-ca")
-    assert sec.get("type") == "kubernetes.io/tls", sec.get("type")
-    assert set(sec.get("data", {})) == {"tls.crt", "tls.key"}, sorted(sec.get("data", {}))
+    for name in ("ward-ca", "ward-webhook-tls"):
+        sec = R.get("Secret", name)
+        assert sec.get("type") == "kubernetes.io/tls", (name, sec.get("type"))
+        assert set(sec.get("data", {})) == {"tls.crt", "tls.key"}, (name,
+                                                                     sorted(sec.get("data", {})))
 
 
 def agent_pod(R):
@@ -517,6 +577,7 @@ def check_overlay_specifics(o):
 # -- the agent, started with the rendered args
 
 AGENTS = {}
+WEBHOOKS = {}  # overlay -> the loopback port of the started agent's --webhook-listen
 
 
 def materialize(R, spec, c, root, gid):
@@ -567,10 +628,12 @@ def start_agent(o):
     root = h.mkdtemp(prefix="ward-agent-pod-")
     os.chmod(root, 0o755)
     where = materialize(R, spec, c, root, gid)
-    tls_port, admin_port = h.free_port(), h.free_port()
+    tls_port, admin_port, webhook_port = h.free_port(), h.free_port(), h.free_port()
     args = remap(agent_args(R), where, {
         "--listen-tls": lambda v: "127.0.0.1:%d" % tls_port,
-        "--admin": lambda v: "127.0.0.1:%d" % admin_port})
+        "--admin": lambda v: "127.0.0.1:%d" % admin_port,
+        "--webhook-listen": lambda v: "127.0.0.1:%d" % webhook_port})
+    WEBHOOKS[o] = webhook_port
     a = ah.Proc(args, uid=uid if IS_ROOT else None, admin=admin_port, name="ward-agent-" + o,
                 binary=ah.AGENT)
     a.start(wait_ready=False)
@@ -672,6 +735,136 @@ def check_sidecar_agent_address(o):
     assert host in ("ward-agent.%s.svc" % NAMESPACE, "ward-agent.%s.svc.cluster.local" % NAMESPACE), vals
 
 
+# -- the admission webhook
+
+def check_webhook_config(o):
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+    R = overlay(o)
+    dep, spec, c = agent_pod(R)
+    args = agent_args(R)
+    cfg = R.get("MutatingWebhookConfiguration", "ward-sidecar-injector")
+    hooks = cfg.get("webhooks") or []
+    assert len(hooks) == 2, [w.get("name") for w in hooks]
+    listen = addr_port(flag(args, "--webhook-listen"))
+    svc = R.get("Service", "ward-agent")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    sec = R.get("Secret", "ward-webhook-tls")
+    leaf = x509.load_pem_x509_certificate(base64.b64decode(sec["data"]["tls.crt"]))
+    for f in ("--webhook-cert", "--webhook-key"):
+        v, m = volume_for(spec, c, flag(args, f))
+        assert v.get("secret", {}).get("secretName") == "ward-webhook-tls", (f, v)
+        assert m.get("readOnly") is True, m
+    ns = R.get("Namespace", NAMESPACE)["metadata"].get("labels") or {}
+    for w in hooks:
+        what = "webhook %s" % w.get("name")
+        assert w.get("failurePolicy") == "Fail", what
+        assert w.get("sideEffects") == "None", what
+        assert w.get("admissionReviewVersions") == ["v1"], what
+        assert 1 <= w.get("timeoutSeconds", 10) <= 30, what
+        assert w.get("rules") == [{"operations": ["CREATE"], "apiGroups": [""],
+                                   "apiVersions": ["v1"], "resources": ["pods"],
+                                   "scope": "Namespaced"}], (what, w.get("rules"))
+        cc = w["clientConfig"]
+        s = cc["service"]
+        assert (s["name"], s["namespace"], s["path"]) == ("ward-agent", NAMESPACE, "/inject"), s
+        sp = [p for p in svc["spec"]["ports"] if p["port"] == s.get("port", 443)]
+        assert sp, "%s: the Service has no port %s" % (what, s.get("port", 443))
+        tp = sp[0].get("targetPort")
+        assert (ports.get(tp) if isinstance(tp, str) else tp) == listen, \
+            "%s: Service port %s -> %r, the agent's --webhook-listen is on %d" % (
+                what, sp[0]["port"], tp, listen)
+        # the caBundle verifies the serving certificate, which names the Service
+        ca = x509.load_pem_x509_certificate(base64.b64decode(cc["caBundle"]))
+        ah.verify_signed_by(leaf, ca)
+        sans = leaf.extensions.get_extension_for_oid(
+            ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value.get_values_for_type(x509.DNSName)
+        assert WEBHOOK_DNS in sans, sans
+        # never the agent's own namespace; opted-out pods never
+        nsel, osel = w.get("namespaceSelector") or {}, w.get("objectSelector") or {}
+        assert selects(nsel, ns) is False, "%s selects %s (labels %s)" % (what, NAMESPACE, ns)
+        assert selects(osel, {"ward.dev/inject": "disabled"}) is False, what
+    by = {w["name"]: w for w in hooks}
+    n, obj = by["namespace.inject.ward.dev"], by["object.inject.ward.dev"]
+    assert selects(n["namespaceSelector"], {"ward.dev/inject": "enabled"})
+    assert selects(n["objectSelector"], {})
+    assert not selects(obj["namespaceSelector"], {"ward.dev/inject": "enabled"}), \
+        "a pod of an enabled namespace would be sent twice"
+    assert selects(obj["namespaceSelector"], {}) and selects(obj["objectSelector"],
+                                                             {"ward.dev/inject": "enabled"})
+    assert not selects(obj["objectSelector"], {})
+    np = R.get("NetworkPolicy", "ward-agent")
+    allowed = {p.get("port") for rule in np["spec"].get("ingress", []) for p in rule.get("ports", [])}
+    assert listen in allowed, "the NetworkPolicy does not admit the webhook port %d" % listen
+
+
+def selects(sel, labels):
+    """A Kubernetes label selector applied to labels."""
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in sel.get("matchExpressions") or []:
+        k, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(k) not in vals:
+            return False
+        if op == "NotIn" and k in labels and labels[k] in vals:
+            return False
+        if op == "Exists" and k not in labels:
+            return False
+        if op == "DoesNotExist" and k in labels:
+            return False
+    return True
+
+
+def check_webhook_serves(o):
+    """The agent started with the rendered args answers an AdmissionReview over TLS that the
+    caBundle verifies for the Service's name, with a patch injecting the overlay's images."""
+    import http.client
+    import ssl
+    if o not in WEBHOOKS or o not in AGENTS:
+        raise h.SkipTest("the agent of overlays/%s did not start" % o)
+    R = overlay(o)
+    hook = R.get("MutatingWebhookConfiguration", "ward-sidecar-injector")["webhooks"][0]
+    ctx = ssl.create_default_context(cadata=base64.b64decode(
+        hook["clientConfig"]["caBundle"]).decode())
+
+    class Conn(http.client.HTTPSConnection):  # dial loopback, verify the Service's name
+        def connect(self):
+            import socket
+            sock = socket.create_connection(("127.0.0.1", WEBHOOKS[o]), timeout=10)
+            self.sock = ctx.wrap_socket(sock, server_hostname=WEBHOOK_DNS)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "web-1", "namespace": "demo", "labels": {"app": "web"}},
+           "spec": {"containers": [{"name": "web", "image": "nginx",
+                                    "ports": [{"containerPort": 8080}]}]}}
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": "0d3c-%s" % o,
+                          "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                          "resource": {"group": "", "version": "v1", "resource": "pods"},
+                          "namespace": "demo", "operation": "CREATE", "object": pod}}
+    conn = Conn(WEBHOOK_DNS, 443, timeout=10)
+    conn.request("POST", hook["clientConfig"]["service"]["path"] + "?timeout=10s",
+                 body=json.dumps(review), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 200, (resp.status, body)
+    out = json.loads(body)
+    assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview", out
+    r_ = out["response"]
+    assert r_["uid"] == review["request"]["uid"] and r_["allowed"] is True, r_
+    assert r_["patchType"] == "JSONPatch", r_
+    injected = jsonpatch.apply(pod, json.loads(base64.b64decode(r_["patch"])))
+    inits = injected["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["ward-init", "ward-proxy"], inits
+    cfg = R.get("ConfigMap", "ward-agent-config")["data"]
+    assert inits[0]["image"] == cfg["INIT_IMAGE"], (inits[0]["image"], cfg["INIT_IMAGE"])
+    assert inits[1]["image"] == cfg["PROXY_IMAGE"], (inits[1]["image"], cfg["PROXY_IMAGE"])
+    _, pargs = proxy_args({"spec": injected["spec"]})
+    assert flag(pargs, "--agent-id") == "spiffe://%s/ward/agent" % cfg["TRUST_DOMAIN"], pargs
+    assert injected["metadata"]["annotations"]["ward.dev/status"] == "injected"
+
+
 for _o in OVERLAYS:
     r.run("objects_%s" % _o, check_objects, _o)
     r.run("agent_deployment_%s" % _o, check_agent_deployment, _o)
@@ -680,6 +873,8 @@ for _o in OVERLAYS:
     r.run("policies_valid_%s" % _o, check_policies, _o)
     r.run("overlay_specifics_%s" % _o, check_overlay_specifics, _o)
     r.run("agent_starts_with_manifest_args_%s" % _o, start_agent, _o)
+    r.run("webhook_config_%s" % _o, check_webhook_config, _o)
+    r.run("webhook_serves_%s" % _o, check_webhook_serves, _o)
     r.run("sidecar_gets_svid_%s" % _o, check_sidecar_gets_svid, _o)
     r.run("sidecar_agent_address_%s" % _o, check_sidecar_agent_address, _o)
     if _o in AGENTS:
