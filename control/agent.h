@@ -65,6 +65,8 @@ struct ward_session {
     uint64_t policy_sent; /* version */
     uint64_t policy_acked;
     uint64_t svid_sent;
+    uint64_t peers_sent; /* peer directory version last sent */
+    char addr[48];       /* the proxy's pod address for the peer directory; "" = unknown */
     uint64_t opened_ms;
     uv_timer_t *renew; /* Workload API: re-mint at half-life */
 };
@@ -102,6 +104,8 @@ struct ward_agent {
     ward_policy_set_t policies;
     int policies_loaded;
     uint64_t policy_version;
+    uint64_t peers_version; /* the peer directory's version (bumped when it changes) */
+    int peers_dirty;        /* a mesh stream with an address opened or closed: push on the tick */
     uint64_t svid_version;
     ward_identity_t *tls_identity; /* the agent's own SVID for the TLS listener */
     uint8_t *tls_key_pkcs8;
@@ -134,6 +138,9 @@ extern const ward_grpc_callbacks_t ward_agent_grpc_callbacks;
 /* Pushes a fresh bundle / policy snapshot to every session whose view changed. */
 void ward_agent_push_bundles(ward_agent_t *a);
 void ward_agent_push_policies(ward_agent_t *a);
+/* Sends the peer directory to every mesh stream if it changed since the last push (called from
+ * the agent's 1 s tick, so a burst of proxies starting costs one push per second). */
+void ward_agent_push_peers(ward_agent_t *a);
 void ward_session_free(ward_session_t *s);
 /* The bundle's version for the proto: bumped whenever the CA's bundle content changes. */
 uint64_t ward_agent_bundle_version(ward_agent_t *a);

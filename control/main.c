@@ -662,6 +662,7 @@ static void ward__on_tick(uv_timer_t *t)
     ward_agent_t *a = t->data;
     uint64_t now = uv_now(a->loop);
     int ping = (++ward__ticks % WARD_AGENT_PING_EVERY) == 0;
+    ward_agent_push_peers(a);
     for (ward_agent_conn_t *c = a->conns, *next; c; c = next) {
         next = c->next;
         if (c->sock.grpc == NULL || c->sock.closing) continue;

@@ -6,7 +6,10 @@
  * its identity, and answers every CSR with an SVID for the attested identity (never for another).
  * Every versioned resource is ACKed or NACKed by the proxy. Ordering on the one stream guarantees a
  * proxy has a bundle before any SVID that needs it. */
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -182,6 +185,81 @@ static void ward__handle_csr(ward_session_t *s, const Ward__V1__CsrRequest *req)
     ward_der_chain_free(&chain);
 }
 
+/* The peer directory: every attested mesh stream with a known address. An address claimed by two
+ * streams with different identities is left out (fail closed: a captured connection to it is
+ * then not upgraded, and a STRICT inbound refuses it) and logged. */
+static int ward__send_peers(ward_session_t *s)
+{
+    ward_agent_t *a = s->conn->agent;
+    size_t n = 0, k = 0;
+    for (ward_session_t *x = a->sessions; x; x = x->next)
+        if (x->active && x->kind == WARD_SESSION_MESH && x->addr[0] != '\0') n++;
+    Ward__V1__Peer *peers = ward_calloc(n ? n : 1, sizeof(*peers));
+    Ward__V1__Peer **ptrs = ward_calloc(n ? n : 1, sizeof(*ptrs));
+    int rc = WARD_ENOMEM;
+    if (peers == NULL || ptrs == NULL) goto out;
+    for (ward_session_t *x = a->sessions; x; x = x->next) {
+        if (!x->active || x->kind != WARD_SESSION_MESH || x->addr[0] == '\0') continue;
+        int dup = 0, conflict = 0;
+        for (ward_session_t *y = a->sessions; y; y = y->next) {
+            if (y == x || !y->active || y->kind != WARD_SESSION_MESH || strcmp(y->addr, x->addr))
+                continue;
+            if (strcmp(y->identity, x->identity) != 0)
+                conflict = 1;
+            else if (y->opened_ms > x->opened_ms || (y->opened_ms == x->opened_ms && y < x))
+                dup = 1; /* keep one entry per (address, id) */
+        }
+        if (conflict || dup) continue;
+        ward__v1__peer__init(&peers[k]);
+        peers[k].address = x->addr;
+        peers[k].spiffe_id = x->identity;
+        ptrs[k] = &peers[k];
+        k++;
+    }
+    if (a->peers_version == 0) a->peers_version = 1;
+    Ward__V1__PeerDirectory d = WARD__V1__PEER_DIRECTORY__INIT;
+    d.version = a->peers_version;
+    d.n_peers = k;
+    d.peers = ptrs;
+    Ward__V1__AgentMessage m = WARD__V1__AGENT_MESSAGE__INIT;
+    m.msg_case = WARD__V1__AGENT_MESSAGE__MSG_PEERS;
+    m.peers = &d;
+    rc = ward__send(s, &m.base);
+    if (rc == 0) s->peers_sent = d.version;
+out:
+    ward_free(peers);
+    ward_free(ptrs);
+    return rc;
+}
+
+/* The proxy's pod address for the peer directory. Over TCP: the connection's source address
+ * (what the network vouches for; a claim is ignored). Over the Unix socket: the Hello's pod_ip
+ * claim, if it is an IP address. */
+static void ward__session_address(ward_session_t *s, const Ward__V1__Hello *h)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    unsigned char bin[16];
+    s->addr[0] = '\0';
+    if (!s->conn->is_unix) {
+        if (getpeername(s->conn->sock.fd, (struct sockaddr *)&ss, &sl) != 0) return;
+        if (ss.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, s->addr, sizeof(s->addr));
+        else if (ss.ss_family == AF_INET6) {
+            struct in6_addr *a6 = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+            if (IN6_IS_ADDR_V4MAPPED(a6))
+                inet_ntop(AF_INET, &a6->s6_addr[12], s->addr, sizeof(s->addr));
+            else
+                inet_ntop(AF_INET6, a6, s->addr, sizeof(s->addr));
+        }
+    } else if (h->pod_ip != NULL && h->pod_ip[0] != '\0' && strlen(h->pod_ip) < sizeof(s->addr) &&
+               (inet_pton(AF_INET, h->pod_ip, bin) == 1 ||
+                inet_pton(AF_INET6, h->pod_ip, bin) == 1)) {
+        memcpy(s->addr, h->pod_ip, strlen(h->pod_ip) + 1);
+    }
+    if (s->addr[0] != '\0') s->conn->agent->peers_dirty = 1;
+}
+
 static void ward__handle_hello(ward_session_t *s, const Ward__V1__Hello *h)
 {
     ward_agent_t *a = s->conn->agent;
@@ -234,8 +312,10 @@ static void ward__handle_hello(ward_session_t *s, const Ward__V1__Hello *h)
     a->stats.attest_ok++;
     ward__session_log(s, WARD_LOG_INFO, "proxy_attested",
                       h->token && h->token[0] ? "service-account token" : "unix peer credentials");
+    ward__session_address(s, h);
     ward__send_bundle(s);
     ward__send_policy(s, 1);
+    ward__send_peers(s);
 }
 
 static void ward__handle_ack(ward_session_t *s, const Ward__V1__Ack *ack)
@@ -247,6 +327,7 @@ static void ward__handle_ack(ward_session_t *s, const Ward__V1__Ack *ack)
         snprintf(msg, sizeof(msg), "proxy NACKed %s version %" PRIu64 ": %s",
                  ack->kind == WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY   ? "policy"
                  : ack->kind == WARD__V1__RESOURCE_KIND__RESOURCE_KIND_BUNDLE ? "bundle"
+                 : ack->kind == WARD__V1__RESOURCE_KIND__RESOURCE_KIND_PEERS  ? "peers"
                                                                               : "svid",
                  ack->version, ack->error ? ack->error : "");
         ward__session_log(s, WARD_LOG_WARN, "nack", msg);
@@ -409,6 +490,7 @@ void ward_session_free(ward_session_t *s)
         a->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
     a->nsessions--;
+    if (s->active && s->kind == WARD_SESSION_MESH && s->addr[0] != '\0') a->peers_dirty = 1;
     if (s->renew) uv_close((uv_handle_t *)s->renew, ward__renew_closed);
     ward_free(s->identity);
     ward_free(s);
@@ -558,6 +640,21 @@ void ward_agent_push_policies(ward_agent_t *a)
     for (ward_session_t *s = a->sessions; s; s = s->next) {
         if (!s->active || s->kind != WARD_SESSION_MESH) continue;
         if (ward__send_policy(s, 0) == 0 && socks) socks[n++] = &s->conn->sock;
+    }
+    if (socks) ward__flush_sessions(socks, n);
+    ward_free(socks);
+}
+
+void ward_agent_push_peers(ward_agent_t *a)
+{
+    if (!a->peers_dirty) return;
+    a->peers_dirty = 0;
+    a->peers_version++;
+    ward_grpc_sock_t **socks = ward__socket_list(a);
+    size_t n = 0;
+    for (ward_session_t *s = a->sessions; s; s = s->next) {
+        if (!s->active || s->kind != WARD_SESSION_MESH) continue;
+        if (ward__send_peers(s) == 0 && socks) socks[n++] = &s->conn->sock;
     }
     if (socks) ward__flush_sessions(socks, n);
     ward_free(socks);

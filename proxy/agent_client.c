@@ -258,6 +258,37 @@ static void ward__ac_on_policy(ward_agent_client_t *ac, const uint8_t *msg, size
     ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_POLICY, p->version, NULL);
 }
 
+/* Installs the agent's peer directory (which pod addresses have a sidecar, with which id), or
+ * NACKs it. */
+static void ward__ac_on_peers(ward_agent_client_t *ac, const Ward__V1__PeerDirectory *d)
+{
+    char err[256];
+    const char **addrs = ward_calloc(d->n_peers ? d->n_peers : 1, sizeof(*addrs));
+    const char **ids = ward_calloc(d->n_peers ? d->n_peers : 1, sizeof(*ids));
+    int rc = WARD_ENOMEM;
+    snprintf(err, sizeof(err), "out of memory");
+    if (addrs != NULL && ids != NULL) {
+        for (size_t i = 0; i < d->n_peers; i++) {
+            addrs[i] = d->peers[i]->address;
+            ids[i] = d->peers[i]->spiffe_id;
+        }
+        rc = ward_peers_set_agent(ac->peers, addrs, ids, d->n_peers, d->version, err, sizeof(err));
+    }
+    ward_free(addrs);
+    ward_free(ids);
+    if (rc < 0) {
+        ward_log_msg(WARD_LOG_ERROR, "peers_refused", "peer directory version %" PRIu64 ": %s",
+                     d->version, err);
+        ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_PEERS, d->version, err);
+        return;
+    }
+    ac->peers_version = d->version;
+    ac->last_update = (int64_t)time(NULL);
+    ward_log_msg(WARD_LOG_DEBUG, "peers_received", "peer directory version %" PRIu64 ": %zu peers",
+                 d->version, d->n_peers);
+    ward__ac_ack(ac, WARD__V1__RESOURCE_KIND__RESOURCE_KIND_PEERS, d->version, NULL);
+}
+
 /* --- gRPC callbacks ------------------------------------------------------------------------- */
 
 static void ward__ac_on_message(ward_grpc_call_t *call, const uint8_t *msg, size_t len, void *d)
@@ -294,6 +325,9 @@ static void ward__ac_on_message(ward_grpc_call_t *call, const uint8_t *msg, size
         }
         break;
     }
+    case WARD__V1__AGENT_MESSAGE__MSG_PEERS:
+        ward__ac_on_peers(ac, m->peers);
+        break;
     case WARD__V1__AGENT_MESSAGE__MSG_STATUS:
         ward_log_msg(WARD_LOG_WARN, "agent_status", "agent says %d: %s", m->status->code,
                      m->status->message ? m->status->message : "");
@@ -376,6 +410,8 @@ static int ward__ac_on_ready(ward_grpc_sock_t *s)
     h.pod = getenv("WARD_POD_NAME") ? getenv("WARD_POD_NAME") : (char *)"";
     h.namespace_ = getenv("WARD_POD_NAMESPACE") ? getenv("WARD_POD_NAMESPACE") : (char *)"";
     h.proxy_version = (char *)WARD_VERSION;
+    h.pod_ip = getenv("WARD_POD_IP") ? getenv("WARD_POD_IP") : (char *)"";
+    h.peers_version = ac->peers_version;
     h.svid_version = ac->svid_version;
     h.bundle_version = ac->bundle_version;
     h.policy_version = ac->policy_version;
@@ -520,14 +556,15 @@ static void ward__ac_on_tick(uv_timer_t *t)
 }
 
 int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward_config_t *cfg,
-                            ward_identity_store_t *store, ward_policy_store_t *policies, char *err,
-                            size_t errlen)
+                            ward_identity_store_t *store, ward_policy_store_t *policies,
+                            ward_peers_t *peers, char *err, size_t errlen)
 {
     memset(ac, 0, sizeof(*ac));
     ac->loop = loop;
     ac->cfg = cfg;
     ac->store = store;
     ac->policies = policies;
+    ac->peers = peers;
     ward_pool_init(&ac->pool, 2);
     srand((unsigned)(time(NULL) ^ getpid()));
     if (!cfg->agent_is_unix) {
@@ -614,8 +651,9 @@ int ward_agent_client_metrics(const ward_agent_client_t *ac, ward_strbuf_t *o)
         "# TYPE ward_snapshot_version gauge\n"
         "ward_snapshot_version{kind=\"svid\"} %" PRIu64 "\n"
         "ward_snapshot_version{kind=\"bundle\"} %" PRIu64 "\n"
-        "ward_snapshot_version{kind=\"policy\"} %" PRIu64 "\n",
+        "ward_snapshot_version{kind=\"policy\"} %" PRIu64 "\n"
+        "ward_snapshot_version{kind=\"peers\"} %" PRIu64 "\n",
         ac->connected, ac->connects, ac->disconnects, ac->last_update,
         ac->last_update ? now - ac->last_update : (int64_t)-1, ac->renewals, ac->svids_installed,
-        ac->nacks, ac->svid_version, ac->bundle_version, ac->policy_version);
+        ac->nacks, ac->svid_version, ac->bundle_version, ac->policy_version, ac->peers_version);
 }

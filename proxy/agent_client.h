@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "identity_store.h"
+#include "peers.h"
 #include "policy_store.h"
 #include "stats.h"
 #include "ward/grpc_sock.h"
@@ -21,6 +22,7 @@ typedef struct {
     const ward_config_t *cfg;
     ward_identity_store_t *store;
     ward_policy_store_t *policies;
+    ward_peers_t *peers;
     ward_grpc_sock_t sock;
     int sock_open;
     ward_grpc_call_t *call;
@@ -36,7 +38,7 @@ typedef struct {
     uint8_t **roots;
     size_t *roots_len;
     size_t nroots;
-    uint64_t svid_version, bundle_version, policy_version;
+    uint64_t svid_version, bundle_version, policy_version, peers_version;
     int64_t svid_not_after;
     int64_t last_update; /* Unix seconds of the last resource accepted from the agent */
     uint64_t backoff_ms;
@@ -53,8 +55,8 @@ typedef struct {
 
 /* Starts connecting. Returns 0 or a negative error with err set (bad bootstrap bundle). */
 int ward_agent_client_start(ward_agent_client_t *ac, uv_loop_t *loop, const ward_config_t *cfg,
-                            ward_identity_store_t *store, ward_policy_store_t *policies, char *err,
-                            size_t errlen);
+                            ward_identity_store_t *store, ward_policy_store_t *policies,
+                            ward_peers_t *peers, char *err, size_t errlen);
 void ward_agent_client_stop(ward_agent_client_t *ac);
 /* Appends the agent metrics (Prometheus text). */
 int ward_agent_client_metrics(const ward_agent_client_t *ac, ward_strbuf_t *out);

@@ -156,6 +156,7 @@ static int ward__render_page(void *ctx, const char *path, const char *query, war
 {
     ward_proxy_t *p = ctx;
     if (strcmp(path, "/connections") == 0) return ward__render_connections(p, query, out);
+    if (strcmp(path, "/peers") == 0) return ward_peers_json(&p->peers, out);
     if (strcmp(path, "/identity") == 0) return ward__render_identity(p, out);
     if (strcmp(path, "/policy") == 0) return ward_policy_store_json(&p->policy, out);
     return 1;
@@ -364,7 +365,7 @@ int main(int argc, char **argv)
         }
     }
     if (p.agent_mode) {
-        if (ward_agent_client_start(&p.agent, p.loop, &p.cfg, &p.store, &p.policy, err,
+        if (ward_agent_client_start(&p.agent, p.loop, &p.cfg, &p.store, &p.policy, &p.peers, err,
                                     sizeof(err)) < 0) {
             fprintf(stderr, "ward-proxy: --agent: %s\n", err);
             for (unsigned k = 0; k < p.nworkers; k++)

@@ -11,6 +11,9 @@
 #include "ward/err.h"
 #include "ward/log.h"
 #include "ward/spiffe.h"
+#include "ward/strbuf.h"
+
+#include <arpa/inet.h>
 
 #define WARD_PEERS_MAX_FILE (4 * 1024 * 1024)
 
@@ -257,6 +260,9 @@ void ward_peers_stop(ward_peers_t *p)
 
 void ward_peers_destroy(ward_peers_t *p)
 {
+    ward_peers_free_entries(p->agent_entries, p->agent_count);
+    p->agent_entries = NULL;
+    p->agent_count = 0;
     ward_peers_free_entries(p->entries, p->count);
     p->entries = NULL;
     p->count = 0;
@@ -267,6 +273,7 @@ char *ward_peers_lookup(ward_peers_t *p, const struct sockaddr *dst)
 {
     pthread_mutex_lock(&p->mu);
     const char *id = ward_peers_find(p->entries, p->count, dst);
+    if (id == NULL) id = ward_peers_find(p->agent_entries, p->agent_count, dst);
     char *copy = id ? ward_strdup(id) : NULL;
     pthread_mutex_unlock(&p->mu);
     return copy;
@@ -275,7 +282,70 @@ char *ward_peers_lookup(ward_peers_t *p, const struct sockaddr *dst)
 size_t ward_peers_count(ward_peers_t *p)
 {
     pthread_mutex_lock(&p->mu);
-    size_t n = p->count;
+    size_t n = p->count + p->agent_count;
     pthread_mutex_unlock(&p->mu);
     return n;
+}
+
+int ward_peers_set_agent(ward_peers_t *p, const char *const *addrs, const char *const *ids,
+                         size_t n, unsigned long long version, char *err, size_t errlen)
+{
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(addrs[i] ? addrs[i] : "") + strlen(ids[i] ? ids[i] : "") + 2;
+    char *text = ward_malloc(len);
+    if (text == NULL) return WARD_ENOMEM;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        /* One entry per line: an embedded newline or space would split it and fail to parse. */
+        off += (size_t)snprintf(text + off, len - off, "%s %s\n", addrs[i] ? addrs[i] : "",
+                                ids[i] ? ids[i] : "");
+    }
+    ward_peer_entry_t *e = NULL;
+    size_t count = 0;
+    int rc = ward_peers_parse(text, off, &e, &count, err, errlen);
+    ward_free(text);
+    if (rc < 0) return rc;
+    pthread_mutex_lock(&p->mu);
+    ward_peer_entry_t *old = p->agent_entries;
+    size_t oldn = p->agent_count;
+    p->agent_entries = e;
+    p->agent_count = count;
+    p->agent_version = version;
+    pthread_mutex_unlock(&p->mu);
+    ward_peers_free_entries(old, oldn);
+    return 0;
+}
+
+static int ward__entries_json(ward_strbuf_t *o, const ward_peer_entry_t *e, size_t n)
+{
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char ip[INET6_ADDRSTRLEN];
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(e[i].ip, mapped, 12) == 0)
+            inet_ntop(AF_INET, e[i].ip + 12, ip, sizeof(ip));
+        else
+            inet_ntop(AF_INET6, e[i].ip, ip, sizeof(ip));
+        rc |=
+            ward_strbuf_printf(o, "%s{\"address\":\"%s\",\"port\":%u,\"spiffe_id\":", i ? "," : "",
+                               ip, (unsigned)e[i].port);
+        rc |= ward_strbuf_json_str(o, e[i].id);
+        rc |= ward_strbuf_printf(o, "}");
+    }
+    return rc;
+}
+
+int ward_peers_json(ward_peers_t *p, ward_strbuf_t *o)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = ward_strbuf_printf(o, "{\"file\":");
+    rc |= p->file ? ward_strbuf_json_str(o, p->file) : ward_strbuf_printf(o, "null");
+    rc |= ward_strbuf_printf(o, ",\"file_peers\":[");
+    rc |= ward__entries_json(o, p->entries, p->count);
+    rc |= ward_strbuf_printf(o, "],\"agent_version\":%llu,\"agent_peers\":[", p->agent_version);
+    rc |= ward__entries_json(o, p->agent_entries, p->agent_count);
+    rc |= ward_strbuf_printf(o, "]}\n");
+    pthread_mutex_unlock(&p->mu);
+    return rc ? WARD_ENOMEM : 0;
 }

@@ -13,13 +13,17 @@
 #include <uv.h>
 
 #include "ward/addr.h"
+#include "ward/strbuf.h"
 
 typedef struct ward_peer_entry ward_peer_entry_t;
 
 typedef struct {
     pthread_mutex_t mu;
-    ward_peer_entry_t *entries; /* guarded by mu; sorted */
+    ward_peer_entry_t *entries; /* guarded by mu; sorted; from --peers */
     size_t count;
+    ward_peer_entry_t *agent_entries; /* guarded by mu; sorted; ward-agent's directory */
+    size_t agent_count;
+    unsigned long long agent_version;
     const char *file;
     struct stat seen;
     uv_timer_t timer;
@@ -39,6 +43,14 @@ void ward_peers_destroy(ward_peers_t *p);
  * or NULL when dst has no sidecar (or memory ran out). */
 char *ward_peers_lookup(ward_peers_t *p, const struct sockaddr *dst);
 size_t ward_peers_count(ward_peers_t *p);
+/* Replaces the agent's directory (addresses without ports). --peers entries win over it.
+ * Returns 0, WARD_EPARSE (err set: an address or id that does not parse; nothing changes) or
+ * WARD_ENOMEM. */
+int ward_peers_set_agent(ward_peers_t *p, const char *const *addrs, const char *const *ids,
+                         size_t n, unsigned long long version, char *err, size_t errlen);
+
+/* GET /peers: both directories as JSON. Returns 0 or WARD_ENOMEM. */
+int ward_peers_json(ward_peers_t *p, ward_strbuf_t *out);
 
 /* Parses a directory text into a sorted entry array (exposed for the unit test). Returns 0 or
  * WARD_EPARSE with err = "line N: problem". */

@@ -191,6 +191,26 @@ def inbound_certificate_is_the_attested_one():
 
 
 @r.test
+def peer_directory():
+    """The agent's peer directory: a proxy attested over the Unix socket with a pod_ip claim
+    (WARD_POD_IP, the downward API's status.podIP) appears in every proxy's directory with the
+    identity it attested as, and leaves it when its stream ends."""
+    import json
+    tok = iss.write("dir.jwt", iss.mint("shop", "orders"))
+    p = h.Proxy(["--agent", "unix:" + agent.sock, "--agent-token-file", tok,
+                 "--inbound", "%s=%s" % (h.addr(H, h.free_port(H)), echo.addr),
+                 "--workers", "1"], env={"WARD_POD_IP": "198.18.7.9"}, name="dir-proxy").start()
+    want = {"address": "198.18.7.9", "port": 0, "spiffe_id": ah.spiffe("shop", "orders")}
+
+    def listed(proxy):
+        return want in json.loads(proxy.get("/peers")[1])["agent_peers"]
+    h.wait_for(lambda: listed(outbound) and listed(p), 5, what="directory entry on both")
+    assert m(outbound, "ward_snapshot_version", kind="peers") >= 1
+    p.stop()
+    h.wait_for(lambda: not listed(outbound), 5, what="entry removed after the stream ended")
+
+
+@r.test
 def svid_rotation_under_traffic():
     long_lived = h.connect(H, OUT_PORT)
     long_lived.sendall(b"before")
