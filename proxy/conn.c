@@ -758,6 +758,12 @@ static void ward__sniff_step(ward_conn_t *c)
                                                              : WARD_PROTO_TCP);
             return;
         }
+        if ((d->flags & WARD_SF_RD_EOF) && (c->pre == NULL || c->pre->len == 0)) {
+            /* The client left without a byte (a probe, a warm-up connection): nothing to carry,
+             * nothing to decide. */
+            ward_conn_close(c, 0);
+            return;
+        }
         if ((d->flags & WARD_SF_RD_EOF) || (c->pre != NULL && c->pre->len == WARD_CHUNK_SIZE)) {
             ward__protocol_chosen(c, WARD_PROTO_TCP);
             return;
