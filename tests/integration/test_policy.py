@@ -2037,7 +2037,10 @@ def policy_swapped_under_load():
         errs = [x for x in inb.log_records() if x.get("event") == "policy_reload_failed"]
         assert errs and "zz-broken.yaml" in json.dumps(errs[0]), \
             "no policy_reload_failed line naming the file: %r" % errs[:2]
-        # ... and a good load after it marks the policy valid again
+        # ... and a good load after it marks the policy valid again. Let the last rewrite load
+        # first: the loop alternates two contents, so writing n+1 before n was loaded would put
+        # back the installed content (no new version).
+        time.sleep(3 * RELOAD_MS / 1000.0)
         v = policy_version(inb)
         write_policy(d, "main.yaml", _load_version(n + 1))
         wait_policy_version(inb, v, slow(3))
