@@ -22,10 +22,9 @@ extern const size_t ward_inject_template_yaml_len;
 
 #define WARD__STATUS_KEY      "ward.dev/status"
 #define WARD__INJECT_KEY      "ward.dev/inject"
-#define WARD__APP_PORT_KEY    "ward.dev/app-port"
 #define WARD__DEFAULT_CTR_KEY "kubectl.kubernetes.io/default-container"
 #define WARD__PROM_PREFIX     "prometheus.io/"
-#define WARD__APP_PORT_ENV    "WARD_APP_PORT"
+#define WARD__EXCL_IN_FLAG    "--exclude-inbound-ports"
 #define WARD__PROXY_NAME      "ward-proxy"
 #define WARD__INIT_NAME       "ward-init"
 
@@ -39,8 +38,8 @@ static const struct {
     {"image-pull-policy", "POLICY", "Always, IfNotPresent or Never (default: the template's)"},
     {"agent-address", "HOST:PORT", "ward-agent as the sidecars dial it (default: the template's)"},
     {"trust-domain", "TD", "trust domain of the agent's id spiffe://TD/ward/agent"},
-    {"inbound-ports", "LIST", "inbound ports to capture: all, or a list (default: the app port)"},
-    {"exclude-inbound-ports", "LIST", "inbound ports never captured"},
+    {"inbound-ports", "LIST", "inbound ports to capture: all (the template's) or a list"},
+    {"exclude-inbound-ports", "LIST", "inbound ports never captured (plus kubelet probe ports)"},
     {"exclude-outbound-ports", "LIST", "outbound ports never captured"},
     {"exclude-outbound-cidrs", "LIST", "outbound destinations (CIDRs) never captured"},
     {"proxy-requests", "RES", "ward-proxy requests, e.g. cpu=20m,memory=32Mi"},
@@ -96,7 +95,6 @@ struct ward_injector {
     json_t *init_containers; /* array: the template's spec.initContainers, options applied */
     json_t *volumes;         /* array: the template's spec.volumes */
     char *status_value;      /* the template's ward.dev/status value */
-    int needs_app_port;      /* a container of the template reads WARD_APP_PORT */
 };
 
 /* ---- option values ------------------------------------------------------------------------- */
@@ -128,6 +126,45 @@ static int ward__valid_ports(const char *v)
         }
     }
     return 1;
+}
+
+/* A set of ports 1-65535 as a bitmap of WARD__PORT_BYTES bytes. */
+#define WARD__PORT_BYTES (65536 / 8)
+
+static void ward__port_put(unsigned char *set, unsigned port)
+{
+    set[port >> 3] |= (unsigned char)(1u << (port & 7));
+}
+
+/* Adds the ports of a comma-separated list (empty allowed) to set. 0, or WARD_EINVAL when v is
+ * not such a list. */
+static int ward__ports_add(unsigned char *set, const char *v)
+{
+    if (!ward__valid_ports(v)) return WARD_EINVAL;
+    for (const char *p = v; *p;) {
+        char *end;
+        unsigned long port = strtoul(p, &end, 10);
+        ward__port_put(set, (unsigned)port);
+        p = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
+/* The set as a comma-separated list, ascending, into out (a new string; "" for none). 0 or
+ * WARD_ENOMEM. */
+static int ward__ports_format(const unsigned char *set, char **out)
+{
+    ward_strbuf_t b = {0};
+    int rc = ward_strbuf_printf(&b, "%s", "");
+    for (unsigned port = 1; rc == 0 && port < 65536; port++)
+        if (set[port >> 3] & (1u << (port & 7)))
+            rc = ward_strbuf_printf(&b, "%s%u", b.len ? "," : "", port);
+    if (rc < 0) {
+        ward_strbuf_free(&b);
+        return WARD_ENOMEM;
+    }
+    *out = b.data;
+    return 0;
 }
 
 /* A comma-separated list of IPv4/IPv6 addresses with optional /prefix. */
@@ -438,19 +475,6 @@ static int ward__apply_options(ward_injector_t *inj, const ward_inject_options_t
     return 0;
 }
 
-/* 1 if a container declares the WARD_APP_PORT environment variable. */
-static int ward__reads_app_port(const json_t *c)
-{
-    size_t i;
-    json_t *e;
-    json_array_foreach(json_object_get(c, "env"), i, e)
-    {
-        const char *n = json_string_value(json_object_get(e, "name"));
-        if (n != NULL && strcmp(n, WARD__APP_PORT_ENV) == 0) return 1;
-    }
-    return 0;
-}
-
 static int ward__template_fail(char *err, size_t errlen, const char *why)
 {
     snprintf(err, errlen, "sidecar template: %s", why);
@@ -533,9 +557,29 @@ int ward_injector_new_from(const char *text, size_t len, const ward_inject_optio
         goto out;
     }
     if ((rc = ward__apply_options(inj, opts, flag_prefix, err, errlen)) < 0) goto out;
-    json_array_foreach(inj->init_containers, i, d)
-    {
-        inj->needs_app_port |= ward__reads_app_port(d);
+    /* ward-init's inbound exclusions, sorted and without repeats: each pod adds its probes' */
+    json_t *iargs =
+        json_object_get(ward__find_named(inj->init_containers, WARD__INIT_NAME), "args");
+    const char *excl = ward__arg_get(iargs, WARD__EXCL_IN_FLAG);
+    if (excl != NULL) {
+        unsigned char *set = ward_calloc(1, WARD__PORT_BYTES);
+        char *norm = NULL;
+        if (set == NULL) {
+            rc = WARD_ENOMEM;
+            goto out;
+        }
+        if (ward__ports_add(set, excl) < 0) {
+            ward_free(set);
+            rc = ward__template_fail(err, errlen,
+                                     WARD__INIT_NAME "'s " WARD__EXCL_IN_FLAG
+                                                     " is not a comma-separated list of ports");
+            goto out;
+        }
+        rc = ward__ports_format(set, &norm);
+        ward_free(set);
+        if (rc == 0) rc = ward__arg_set(iargs, WARD__EXCL_IN_FLAG, norm);
+        ward_free(norm);
+        if (rc < 0) goto out;
     }
     *out = inj;
     inj = NULL;
@@ -583,57 +627,42 @@ static int ward__fail(char *err, size_t errlen, const char *fmt, const char *a, 
     return WARD_EINVAL;
 }
 
-/* The port the proxy forwards inbound traffic to. */
-static int ward__app_port(const ward_injector_t *inj, const json_t *meta, const json_t *containers,
-                          long *port, char *err, size_t errlen)
+/* Refuses a pod whose containers declare a TCP port the sidecar's containers declare: the app
+ * and the proxy share the network namespace, so one of them could not listen on it. */
+static int ward__ports_free(const ward_injector_t *inj, const json_t *spec, char *err,
+                            size_t errlen)
 {
-    json_t *annv = json_object_get(json_object_get(meta, "annotations"), WARD__APP_PORT_KEY);
-    const char *ann = json_string_value(annv);
-    char num[24];
-    uint64_t p = 0;
-    if (json_is_integer(annv)) {
-        snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT, json_integer_value(annv));
-        ann = num;
-    }
-    if (ann != NULL) {
-        if (ward_parse_u64(ann, 1, 65535, &p) < 0)
-            return ward__fail(err, errlen, "annotation " WARD__APP_PORT_KEY " '%s': not a port%s",
-                              ann, NULL);
-    } else {
-        const json_t *first = json_array_get(containers, 0);
-        size_t i;
-        json_t *e;
-        json_array_foreach(json_object_get(first, "ports"), i, e)
+    static const char *const lists[] = {"containers", "initContainers"};
+    for (size_t l = 0; l < 2; l++) {
+        size_t i, k, m, n;
+        json_t *c, *e, *sc, *se;
+        json_array_foreach(json_object_get(spec, lists[l]), i, c)
         {
-            const char *proto = json_string_value(json_object_get(e, "protocol"));
-            json_t *cp = json_object_get(e, "containerPort");
-            if (proto != NULL && strcmp(proto, "TCP") != 0) continue;
-            if (json_is_integer(cp) && json_integer_value(cp) >= 1 &&
-                json_integer_value(cp) <= 65535) {
-                p = (uint64_t)json_integer_value(cp);
-                break;
+            json_array_foreach(json_object_get(c, "ports"), k, e)
+            {
+                const char *proto = json_string_value(json_object_get(e, "protocol"));
+                json_t *cp = json_object_get(e, "containerPort");
+                if ((proto != NULL && strcmp(proto, "TCP") != 0) || !json_is_integer(cp)) continue;
+                json_array_foreach(inj->init_containers, m, sc)
+                {
+                    json_array_foreach(json_object_get(sc, "ports"), n, se)
+                    {
+                        if (json_integer_value(json_object_get(se, "containerPort")) !=
+                            json_integer_value(cp))
+                            continue;
+                        const char *name = json_string_value(json_object_get(c, "name"));
+                        snprintf(err, errlen,
+                                 "container '%s' declares port %" JSON_INTEGER_FORMAT
+                                 ", a port of the sidecar (%s)",
+                                 name ? name : "", json_integer_value(cp),
+                                 json_string_value(json_object_get(sc, "name")));
+                        return WARD_EINVAL;
+                    }
+                }
             }
         }
-        if (p == 0)
-            return ward__fail(err, errlen,
-                              "no app port: container '%s' declares no TCP containerPort (set "
-                              "the annotation " WARD__APP_PORT_KEY ")%s",
-                              json_string_value(json_object_get(first, "name")), NULL);
     }
-    /* The sidecar's own ports cannot be the app's. */
-    size_t i, k;
-    json_t *c, *e;
-    json_array_foreach(inj->init_containers, i,
-                       c){json_array_foreach(json_object_get(c, "ports"), k, e){
-        if (json_integer_value(json_object_get(e, "containerPort")) ==
-            (json_int_t)p){snprintf(num, sizeof(num), "%u", (unsigned)p);
-    return ward__fail(err, errlen, "app port %s is a port of the sidecar (%s)", num,
-                      json_string_value(json_object_get(c, "name")));
-}
-}
-}
-*port = (long)p;
-return 0;
+    return 0;
 }
 
 /* Refuses a pod that already has a container or volume of the sidecar's names. */
@@ -682,29 +711,96 @@ out:
     return rc;
 }
 
-/* The template's containers for this pod: WARD_APP_PORT set. */
-static json_t *ward__containers_for(const ward_injector_t *inj, long port)
+/* The port a probe handler's port names, as the kubelet resolves it for container c: a number;
+ * a string is the name of one of c's ports[] (its containerPort), else a number written as a
+ * string. 0 when it names no port (the kubelet fails such a probe, with or without ward). */
+static unsigned ward__probe_port(const json_t *c, const json_t *port)
 {
-    json_t *out = json_deep_copy(inj->init_containers);
-    char num[16];
-    size_t i, k;
-    json_t *c, *e;
-    if (out == NULL) return NULL;
-    snprintf(num, sizeof(num), "%ld", port);
-    json_array_foreach(out, i, c)
-    {
-        json_array_foreach(json_object_get(c, "env"), k, e)
+    json_int_t v = 0;
+    if (json_is_integer(port)) {
+        v = json_integer_value(port);
+    } else if (json_is_string(port)) {
+        const char *name = json_string_value(port);
+        uint64_t num;
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(c, "ports"), i, e)
         {
             const char *n = json_string_value(json_object_get(e, "name"));
-            if (n == NULL || strcmp(n, WARD__APP_PORT_ENV) != 0) continue;
-            json_object_del(e, "valueFrom");
-            if (json_object_set_new(e, "value", json_string(num)) < 0) {
-                json_decref(out);
-                return NULL;
+            json_t *cp = json_object_get(e, "containerPort");
+            if (n != NULL && strcmp(n, name) == 0 && json_is_integer(cp)) {
+                v = json_integer_value(cp);
+                break;
+            }
+        }
+        if (v == 0 && ward_parse_u64(name, 1, 65535, &num) == 0) v = (json_int_t)num;
+    }
+    return v >= 1 && v <= 65535 ? (unsigned)v : 0;
+}
+
+/* Adds to set the ports of the pod's kubelet probes: the httpGet, tcpSocket and grpc handlers
+ * of every container's liveness, readiness and startup probes (init containers too: a native
+ * sidecar of the app may have them). Returns how many ports were added (with repeats). */
+static size_t ward__probe_ports(const json_t *spec, unsigned char *set)
+{
+    static const char *const lists[] = {"containers", "initContainers"};
+    static const char *const probes[] = {"livenessProbe", "readinessProbe", "startupProbe"};
+    size_t found = 0;
+    for (size_t l = 0; l < 2; l++) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(json_object_get(spec, lists[l]), i, c)
+        {
+            for (size_t k = 0; k < 3; k++) {
+                json_t *pr = json_object_get(c, probes[k]);
+                unsigned port[3];
+                port[0] =
+                    ward__probe_port(c, json_object_get(json_object_get(pr, "httpGet"), "port"));
+                port[1] =
+                    ward__probe_port(c, json_object_get(json_object_get(pr, "tcpSocket"), "port"));
+                /* grpc.port is a number only (no named ports) */
+                json_t *gp = json_object_get(json_object_get(pr, "grpc"), "port");
+                port[2] = json_is_integer(gp) ? ward__probe_port(c, gp) : 0;
+                for (size_t h = 0; h < 3; h++) {
+                    if (port[h] == 0) continue;
+                    ward__port_put(set, port[h]);
+                    found++;
+                }
             }
         }
     }
-    return out;
+    return found;
+}
+
+/* The template's containers for this pod: the ports of its kubelet probes added to ward-init's
+ * --exclude-inbound-ports (the kubelet probes in plaintext from the node; captured, they would
+ * meet the proxy's mTLS-only inbound). */
+static int ward__containers_for(const ward_injector_t *inj, const json_t *spec, json_t **out)
+{
+    unsigned char *set = ward_calloc(1, WARD__PORT_BYTES);
+    json_t *ctrs = json_deep_copy(inj->init_containers);
+    char *list = NULL;
+    int rc = WARD_ENOMEM;
+    if (set == NULL || ctrs == NULL) goto out;
+    if (ward__probe_ports(spec, set) > 0) {
+        json_t *iargs = ward__args_of(ward__find_named(ctrs, WARD__INIT_NAME));
+        const char *cur = iargs ? ward__arg_get(iargs, WARD__EXCL_IN_FLAG) : NULL;
+        if (iargs == NULL) goto out;
+        /* merged with the template's (or the option's) list, which ward_injector_new_from
+         * checked */
+        if (cur != NULL) (void)ward__ports_add(set, cur);
+        if (ward__ports_format(set, &list) < 0 ||
+            ward__arg_set(iargs, WARD__EXCL_IN_FLAG, list) < 0)
+            goto out;
+    }
+    *out = ctrs;
+    ctrs = NULL;
+    rc = 0;
+out:
+    ward_free(list);
+    ward_free(set);
+    json_decref(ctrs);
+    return rc;
 }
 
 int ward_inject_patch(const ward_injector_t *inj, const json_t *pod, const char *prefix,
@@ -735,16 +831,13 @@ int ward_inject_patch(const ward_injector_t *inj, const json_t *pod, const char 
     if (vols != NULL && !json_is_null(vols) && !json_is_array(vols))
         return ward__fail(err, errlen, "spec.volumes is not a list%s%s", 0, 0);
     int rc = ward__names_free(inj, spec, err, errlen);
-    if (rc < 0) return rc;
-    long port = 0;
-    if (inj->needs_app_port && (rc = ward__app_port(inj, meta, containers, &port, err, errlen)) < 0)
-        return rc;
+    if (rc < 0 || (rc = ward__ports_free(inj, spec, err, errlen)) < 0) return rc;
 
     /* The annotations to add, in the template's order. */
     json_t *add = json_object();
     json_t *patch = json_array();
-    json_t *ctrs = ward__containers_for(inj, port);
-    if (add == NULL || patch == NULL || ctrs == NULL) goto nomem;
+    json_t *ctrs = NULL;
+    if (add == NULL || patch == NULL || ward__containers_for(inj, spec, &ctrs) < 0) goto nomem;
     int app_prom = 0;
     const char *k;
     json_t *v;

@@ -9,12 +9,19 @@
  * Per pod template (a Pod, or a workload's spec.template: an object with "metadata" and "spec"),
  * the mutation is, as an RFC 6902 JSON Patch:
  *   - the template's init containers (ward-init, then the ward-proxy native sidecar) inserted
- *     FIRST in spec.initContainers, with WARD_APP_PORT set to the pod's app port (annotation
- *     ward.dev/app-port, else the first TCP containerPort of the first container);
+ *     FIRST in spec.initContainers, with the ports of the pod's kubelet probes added to
+ *     ward-init's --exclude-inbound-ports: the httpGet / tcpSocket / grpc handlers of every
+ *     container's (and init container's) liveness, readiness and startup probes, a named port
+ *     resolved against that container's ports[] as the kubelet does, merged with the template's
+ *     (or the option's) list, ascending and without repeats. The kubelet probes in plaintext
+ *     from the node; captured, a probe would meet the proxy's mTLS-only inbound and fail. A pod
+ *     without such probes gets the containers exactly as the template (and options) say;
  *   - the template's volumes appended to spec.volumes;
  *   - the template's annotations (the status annotation ward.dev/status: injected and the
  *     prometheus.io/ scrape annotations, unless the pod already has prometheus.io/ ones of its
  *     own) and kubectl.kubernetes.io/default-container (the first app container, if unset).
+ * The pod needs no declared port: ward-proxy's transparent listeners take each connection's
+ * original destination.
  * Nothing is injected (and no patch produced) when the pod is already injected (its status
  * annotation), when its labels or annotations say ward.dev/inject: disabled (or "false"), or when
  * it uses the host's network (iptables rules there would capture the node's traffic).
@@ -37,8 +44,8 @@ typedef enum {
     WARD_INJECT_OPT_PULL_POLICY,            /* "image-pull-policy": Always|IfNotPresent|Never */
     WARD_INJECT_OPT_AGENT_ADDRESS,          /* "agent-address": HOST:PORT the sidecars dial */
     WARD_INJECT_OPT_TRUST_DOMAIN,           /* "trust-domain": of the agent's id */
-    WARD_INJECT_OPT_INBOUND_PORTS,          /* "inbound-ports": LIST, "all" or "app" */
-    WARD_INJECT_OPT_EXCLUDE_INBOUND_PORTS,  /* "exclude-inbound-ports": LIST */
+    WARD_INJECT_OPT_INBOUND_PORTS,          /* "inbound-ports": LIST or "all" */
+    WARD_INJECT_OPT_EXCLUDE_INBOUND_PORTS,  /* "exclude-inbound-ports": LIST (+ probe ports) */
     WARD_INJECT_OPT_EXCLUDE_OUTBOUND_PORTS, /* "exclude-outbound-ports": LIST */
     WARD_INJECT_OPT_EXCLUDE_OUTBOUND_CIDRS, /* "exclude-outbound-cidrs": LIST of CIDRs */
     WARD_INJECT_OPT_PROXY_REQUESTS,         /* "proxy-requests": cpu=Q,memory=Q */
@@ -61,7 +68,8 @@ typedef struct ward_injector ward_injector_t;
 
 /* Parses the built-in template and applies the options. flag_prefix ("--", "--inject-") names
  * options in error messages. Returns 0 with *out set, WARD_EINVAL (a bad option value; err says
- * which and why), WARD_EPARSE (the template is not what the injector expects) or WARD_ENOMEM. */
+ * which and why), WARD_EPARSE (the template is not what the injector expects, e.g. a ward-init
+ * --exclude-inbound-ports that is not a list of ports) or WARD_ENOMEM. */
 int ward_injector_new(const ward_inject_options_t *opts, const char *flag_prefix,
                       ward_injector_t **out, char *err, size_t errlen);
 /* The same with another template (YAML text of one Pod document). */
@@ -87,7 +95,8 @@ const char *ward_inject_status_name(int status);
  * with WARD_INJECT_INJECTED does *patch get a new JSON array (RFC 6902 operations whose paths
  * start with prefix, e.g. "" for a Pod, "/spec/template" for a Deployment). Returns WARD_EINVAL
  * when this pod cannot be injected (no spec or containers, a container or volume name the
- * sidecar uses, an app port that is missing or invalid) with err saying why, or WARD_ENOMEM. */
+ * sidecar uses, a TCP containerPort the sidecar's containers declare) with err saying why, or
+ * WARD_ENOMEM. */
 int ward_inject_patch(const ward_injector_t *inj, const json_t *pod, const char *prefix,
                       json_t **patch, char *err, size_t errlen);
 /* Computes the patch and applies it to pod in place. Same results. */

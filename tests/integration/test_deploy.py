@@ -19,7 +19,9 @@ The sidecar template (deploy/sidecar/ward-sidecar.yaml): a native sidecar (init 
 restartPolicy Always) running as 1337, projected token with audience "ward", probes on /ready,
 Prometheus annotations, the iptables init container first with exactly NET_ADMIN + NET_RAW, every
 --flag in the binaries' --help, ward-iptables accepting its arguments (--dry-run), ports and UIDs
-consistent between the init container, the proxy, the Service and the probes.
+consistent between the init container, the proxy, the Service and the probes; transparent capture
+(every inbound port and all outbound traffic to the proxy's --capture-inbound/--capture-outbound,
+no app port placeholder, WARD_POD_IP from the downward API).
 deploy/observability (kubectl kustomize): two PodMonitors and the Grafana dashboard as a labelled
 ConfigMap; the sidecars' PodMonitor selects the template's label in every namespace on the named
 port of its --admin (exempt from capture, same path as the annotations), the agent's selects the
@@ -29,7 +31,8 @@ only, the ward-system namespace and opted-out pods excluded, clientConfig naming
 that reaches the agent's --webhook-listen, a caBundle that verifies the serving certificate of the
 ward-webhook-tls Secret for the Service's DNS name; and the agent started with the rendered args
 answers a real AdmissionReview over that TLS (checked with the caBundle and the Service name)
-with a patch that injects the overlay's images.
+with a patch that injects the overlay's images and keeps the pod's (named) readiness probe port out
+of the capture, in arguments ward-iptables accepts.
 The Dockerfiles: non-root USERs matching the manifests, runtime packages covering the libraries
 the binaries link (ldd + dpkg), the builder running tools/deps.
 
@@ -137,15 +140,37 @@ def flag(args, name):
     return vals[0]
 
 
+# The downward API fields a container's env may name (fieldRef), with the values a test pod has.
+DOWNWARD = {"metadata.name": "test-pod", "metadata.namespace": "demo",
+            "metadata.uid": "0f1e2d3c-0000-4000-8000-000000000001", "spec.nodeName": "node-1",
+            "spec.serviceAccountName": "backend", "status.hostIP": "127.0.0.1",
+            "status.hostIPs": "127.0.0.1", "status.podIP": "127.0.0.1",
+            "status.podIPs": "127.0.0.1"}
+
+
+def opt_flag(args, name):
+    """The value of a flag given at most once (None when absent)."""
+    vals = [v for f, v in parse_args(args) if f == name]
+    assert len(vals) <= 1, "%s given %d times in %s" % (name, len(vals), args)
+    return vals[0] if vals else None
+
+
 def resolve_env(container, configmaps):
-    """The container's environment as the kubelet builds it (value / configMapKeyRef)."""
+    """The container's environment as the kubelet builds it (value / configMapKeyRef / a
+    fieldRef of the downward API)."""
     env = {}
     for e in container.get("env", []) or []:
         if "value" in e:
             env[e["name"]] = str(e["value"])
+        elif "valueFrom" in e and "fieldRef" in e["valueFrom"]:
+            fp = e["valueFrom"]["fieldRef"].get("fieldPath")
+            assert fp in DOWNWARD, "env %s: fieldRef %r is not a downward API field" % (
+                e["name"], fp)
+            env[e["name"]] = DOWNWARD[fp]
         elif "valueFrom" in e:
             ref = e["valueFrom"].get("configMapKeyRef")
-            assert ref, "env %s: only configMapKeyRef is supported here: %s" % (e["name"], e)
+            assert ref, "env %s: only configMapKeyRef and fieldRef are supported here: %s" % (
+                e["name"], e)
             cm = configmaps.get(ref["name"])
             assert cm is not None, "env %s: ConfigMap %s is not in the output" % (e["name"],
                                                                                  ref["name"])
@@ -696,13 +721,16 @@ def run_sidecar(o, agent_addr=None, wait=True):
             raise AssertionError("ward-proxy volume %s: unexpected source" % vol["name"])
         world_traversable(d)
         where[m["mountPath"].rstrip("/")] = d
-    admin_port, in_port = h.free_port(), h.free_port()
+    admin_port, in_port, out_port = h.free_port(), h.free_port(), h.free_port()
     fix = {"--admin": lambda v: "127.0.0.1:%d" % admin_port,
-           "--inbound": lambda v: "127.0.0.1:%d=%s" % (in_port, v.split("=", 1)[1])}
+           "--capture-inbound": lambda v: "127.0.0.1:%d" % in_port,
+           "--capture-outbound": lambda v: "127.0.0.1:%d" % out_port}
     if agent_addr is not None:
         fix["--agent"] = lambda v: agent_addr
     args = remap(args, where, fix)
-    p = ah.Proc(args, uid=uid if IS_ROOT else None, admin=admin_port, name="ward-proxy-" + o)
+    # the template's env too (WARD_POD_IP from the downward API)
+    p = ah.Proc(args, uid=uid if IS_ROOT else None, admin=admin_port, name="ward-proxy-" + o,
+                env=resolve_env(c, {}))
     p.start(wait_ready=False)
     if wait:
         p.wait_ready(30)
@@ -836,7 +864,9 @@ def check_webhook_serves(o):
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": "web-1", "namespace": "demo", "labels": {"app": "web"}},
            "spec": {"containers": [{"name": "web", "image": "nginx",
-                                    "ports": [{"containerPort": 8080}]}]}}
+                                    "ports": [{"name": "http", "containerPort": 8080}],
+                                    "readinessProbe": {"httpGet": {"path": "/",
+                                                                   "port": "http"}}}]}}
     review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
               "request": {"uid": "0d3c-%s" % o,
                           "kind": {"group": "", "version": "v1", "kind": "Pod"},
@@ -863,6 +893,13 @@ def check_webhook_serves(o):
     _, pargs = proxy_args({"spec": injected["spec"]})
     assert flag(pargs, "--agent-id") == "spiffe://%s/ward/agent" % cfg["TRUST_DOMAIN"], pargs
     assert injected["metadata"]["annotations"]["ward.dev/status"] == "injected"
+    # the kubelet's probe (plaintext from the node) bypasses the proxy: ward-iptables takes the
+    # injected arguments and returns that port before the inbound redirect
+    iargs = expand(inits[0].get("args", []), resolve_env(inits[0], {}))
+    assert flag(iargs, "--exclude-inbound-ports") == "8080", iargs
+    rc, out, err = sh([IPTABLES, "--dry-run"] + iargs, timeout=20)
+    assert rc == 0, "ward-iptables rejects the injected arguments: %s" % err
+    assert "-A WARD_INBOUND -p tcp --dport 8080 -j RETURN" in out, out
 
 
 for _o in OVERLAYS:
@@ -950,15 +987,38 @@ def sidecar_template():
     assert int(flag(iargs, "--proxy-uid")) == sc["runAsUser"], "--proxy-uid vs the proxy's UID"
     assert int(flag(iargs, "--admin-port")) == aport, "--admin-port vs the proxy's --admin"
     assert int(flag(iargs, "--agent-port")) == int(port), "--agent-port vs the proxy's --agent"
-    inbound = flag(args, "--inbound")
-    assert int(flag(iargs, "--inbound-port")) == addr_port(inbound.split("=", 1)[0]), \
-        "--inbound-port vs the proxy's --inbound listener"
-    app = addr_port(inbound.split("=", 1)[1])
-    inc = flag(iargs, "--include-inbound-ports")
-    assert inc == "*" or str(app) in inc.split(","), "the app port %d is not captured" % app
+    # transparent capture: ward-init redirects to the proxy's two transparent listeners, which
+    # take each connection's original destination (no app port, no explicit mapping)
+    assert opt_flag(args, "--inbound") is None, "ward-proxy maps an app port explicitly: %s" % args
+    cin, cout = flag(args, "--capture-inbound"), flag(args, "--capture-outbound")
+    assert int(flag(iargs, "--inbound-port")) == addr_port(cin), \
+        "--inbound-port vs the proxy's --capture-inbound"
+    assert int(flag(iargs, "--outbound-port")) == addr_port(cout), \
+        "--outbound-port vs the proxy's --capture-outbound"
+    # inbound is redirected (PREROUTING) to the pod's address, outbound (OUTPUT) to loopback
+    assert not cin.startswith("127."), "--capture-inbound %s: inbound arrives on the pod IP" % cin
+    assert cout.split(":")[0] in ("127.0.0.1", "0.0.0.0", ""), \
+        "--capture-outbound %s: REDIRECT from OUTPUT delivers to 127.0.0.1" % cout
+    pports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    assert pports.get("ward-inbound") == addr_port(cin), pports
+    # every inbound port and every outbound destination (the script's defaults); the injector
+    # adds the pods' probe ports to --exclude-inbound-ports, which the template leaves out
+    assert opt_flag(iargs, "--include-inbound-ports") in (None, "*"), iargs
+    assert opt_flag(iargs, "--include-outbound-cidrs") in (None, "*"), iargs
+    assert opt_flag(iargs, "--exclude-inbound-ports") is None, iargs
+    # no placeholder left; the pod's address from the downward API
+    for cc in inits[:2]:
+        assert "$(" not in json.dumps(cc.get("args", [])), (cc["name"], cc.get("args"))
+        assert not any(e["name"] == "WARD_APP_PORT" for e in cc.get("env", []) or []), cc["name"]
+    env = {e["name"]: e for e in c.get("env", []) or []}
+    assert env.get("WARD_POD_IP", {}).get("valueFrom", {}).get("fieldRef", {}).get(
+        "fieldPath") == "status.podIP", c.get("env")
     rc, out, err = sh([IPTABLES, "--dry-run"] + iargs, timeout=20)
     assert rc == 0, "ward-iptables rejects the template's arguments: %s" % err
     assert "-j REDIRECT --to-ports %s" % flag(iargs, "--inbound-port") in out, out
+    assert "-j REDIRECT --to-ports %s" % flag(iargs, "--outbound-port") in out, out
+    assert "-A WARD_INBOUND -p tcp -j WARD_IN_REDIRECT" in out, "not every inbound port: " + out
+    assert "-A WARD_OUTBOUND -j WARD_REDIRECT" in out, "not every outbound destination: " + out
 
 
 @r.test

@@ -6,14 +6,19 @@ wardctl inject: a Deployment, a CronJob, a multi-document stream of every worklo
 objects without pods, a List; the output parses with python3-yaml; each pod template gets
 ward-init first, then the ward-proxy native sidecar, then its own init containers, and they equal
 deploy/sidecar/ward-sidecar.yaml as python3-yaml reads it (an independent YAML reader); nothing
-else changes; injecting the output again gives identical bytes; opt-outs, hostNetwork, -o json,
-stdin, the options, and the errors (document index, nothing written, exit 1; usage: exit 2).
+else changes but ward-init's --exclude-inbound-ports, which gets the ports of the pod's kubelet
+probes (httpGet, tcpSocket, grpc; numeric, named, init-container sidecars; merged with the
+--exclude-inbound-ports option, ascending, no repeats; no probes: no flag); pods without declared
+ports are injected; injecting the output again gives identical bytes; opt-outs, hostNetwork,
+-o json, stdin, the options, and the errors (document index, nothing written, exit 1; usage:
+exit 2).
 
 The webhook: a real ward-agent with --webhook-listen and a serving certificate minted here; real
 AdmissionReview documents POSTed over TLS (verified against the test CA) on keep-alive
 connections; the returned JSON Patch applied by tests/lib/jsonpatch.py equals `wardctl inject
--o json` of the same pod; opted-out / injected / non-pod / UPDATE reviews get no patch,
-uninjectable pods a warning; garbage, wrong paths and methods, oversized and slow requests and
+-o json` of the same pod (a named readiness probe: the same exclusion), a pod without ports is
+injected; opted-out / injected / non-pod / UPDATE reviews get no patch, uninjectable pods (a port
+of the sidecar) a warning; garbage, wrong paths and methods, oversized and slow requests and
 non-TLS clients get 4xx or are dropped while the agent keeps serving; SIGHUP swaps the serving
 certificate; bad webhook flags exit 2. `kubectl kustomize deploy/base` still renders, with the
 webhook configuration.
@@ -76,25 +81,27 @@ def template():
         return yaml.safe_load(f)
 
 
-def expected_inits(app_port):
-    """The template's init containers as python3-yaml reads them, WARD_APP_PORT set."""
+def expected_inits(excl=None):
+    """The template's init containers as python3-yaml reads them; excl: ward-init's
+    --exclude-inbound-ports for a pod with probes (the template has none), None for none."""
     inits = copy.deepcopy(template()["spec"]["initContainers"])
-    for c in inits:
-        for e in c.get("env", []):
-            if e["name"] == "WARD_APP_PORT":
-                e["value"] = str(app_port)
+    if excl is not None:
+        init = [c for c in inits if c["name"] == "ward-init"][0]
+        assert "--exclude-inbound-ports" not in init["args"], init["args"]
+        init["args"] += ["--exclude-inbound-ports", excl]
     return inits
 
 
-def assert_injected(pod, app_port, app_inits=(), what="pod"):
-    """pod: a pod template (metadata + spec) that must carry exactly the template's sidecar."""
+def assert_injected(pod, excl, app_inits=(), what="pod"):
+    """pod: a pod template (metadata + spec) that must carry exactly the template's sidecar, with
+    excl (the probe ports, None: no probes) as ward-init's --exclude-inbound-ports."""
     t = template()
     spec = pod["spec"]
     names = [c["name"] for c in spec["initContainers"]]
     assert names == ["ward-init", "ward-proxy"] + [c["name"] for c in app_inits], \
         "%s: init containers %s (want ward-init, ward-proxy first)" % (what, names)
     assert spec["initContainers"][1]["restartPolicy"] == "Always", what
-    want = expected_inits(app_port)
+    want = expected_inits(excl)
     for got, exp in zip(spec["initContainers"][:2], want):
         assert got == exp, "%s: %s differs from the template:\n%s\n%s" % (
             what, got["name"], json.dumps(got, sort_keys=True), json.dumps(exp, sort_keys=True))
@@ -168,13 +175,90 @@ spec:
       backoffLimit: 2
       template:
         metadata:
-          annotations: {ward.dev/app-port: "9000"}
+          annotations: {ward.dev/app-port: "9000"}  # meaningless now: kept, ignored
         spec:
           restartPolicy: OnFailure
           containers:
           - name: report
             image: shop/report:1
 """
+
+
+PROBES = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: numeric}
+spec:
+  containers:
+  - name: a
+    image: a:1
+    livenessProbe: {httpGet: {path: /live, port: 8080}}
+    readinessProbe: {tcpSocket: {port: 9000}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: named}
+spec:
+  selector: {matchLabels: {app: named}}
+  template:
+    metadata: {labels: {app: named}}
+    spec:
+      containers:
+      - name: web
+        image: w:1
+        ports:
+        - {name: http, containerPort: 8080}
+        - {name: metrics, containerPort: 9102}
+        readinessProbe:
+          httpGet: {path: /ready, port: http, scheme: HTTPS}
+        livenessProbe:
+          tcpSocket: {port: metrics}
+      - name: helper            # the same port name, another port: resolved per container
+        image: h:1
+        ports: [{name: http, containerPort: 7000}]
+        startupProbe:
+          httpGet: {path: /, port: http}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: grpc}
+spec:
+  containers:
+  - name: g
+    image: g:1
+    ports: [{containerPort: 50051}]
+    startupProbe: {grpc: {port: 50051}, failureThreshold: 30}
+    livenessProbe: {grpc: {port: 50051, service: liveness}}
+    readinessProbe: {httpGet: {port: 443}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: native-sidecar}
+spec:
+  initContainers:
+  - name: shipper
+    image: s:1
+    restartPolicy: Always
+    ports: [{name: health, containerPort: 2020}]
+    startupProbe: {httpGet: {port: health}}
+  containers:
+  - {name: app, image: a:1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-probes}
+spec:
+  containers:
+  - name: x
+    image: x:1
+    ports: [{containerPort: 80}]
+    livenessProbe: {exec: {command: ["true"]}}
+"""
+
+
+def probe_pods(out):
+    return {d["metadata"]["name"]: (d["spec"]["template"] if d["kind"] == "Deployment" else d)
+            for d in load_docs(out)}
 
 
 def load_docs(text):
@@ -191,7 +275,8 @@ def deployment():
     before = load_docs(DEPLOYMENT)[0]
     d = docs[0]
     pod = d["spec"]["template"]
-    ann = assert_injected(pod, 8080, before["spec"]["template"]["spec"]["initContainers"],
+    # the readiness probe's port ("http": 8080) bypasses the proxy
+    ann = assert_injected(pod, "8080", before["spec"]["template"]["spec"]["initContainers"],
                           "Deployment")
     t = template()
     for k, v in t["metadata"]["annotations"].items():
@@ -218,7 +303,8 @@ def cronjob():
     assert rc == 0, (rc, err)
     d = load_docs(out)[0]
     pod = d["spec"]["jobTemplate"]["spec"]["template"]
-    assert_injected(pod, 9000, (), "CronJob")  # the app port from the annotation
+    assert_injected(pod, None, (), "CronJob")  # no ports, no probes: the template as it is
+    assert pod["metadata"]["annotations"]["ward.dev/app-port"] == "9000", pod["metadata"]
     assert d["spec"]["schedule"] == "0 3 * * *" and d["spec"]["jobTemplate"]["spec"][
         "backoffLimit"] == 2, d
 
@@ -310,12 +396,12 @@ def multi_document():
     assert rc == 0, (rc, err)
     before, after = load_docs(MULTI), load_docs(out)
     assert [d["kind"] for d in after] == [d["kind"] for d in before], after  # empty docs dropped
-    ports = {"StatefulSet": 5432, "DaemonSet": 7000, "Job": 7001, "ReplicaSet": 7002}
+    workloads = ("StatefulSet", "DaemonSet", "Job", "ReplicaSet")
     for b, a in zip(before, after):
-        if b["kind"] in ports:
-            assert_injected(a["spec"]["template"], ports[b["kind"]], (), b["kind"])
+        if b["kind"] in workloads:
+            assert_injected(a["spec"]["template"], None, (), b["kind"])
         elif b["kind"] == "Pod" and b["metadata"]["name"] == "lone":
-            assert_injected(a, 7003, (), "Pod")
+            assert_injected(a, None, (), "Pod")
         else:  # Service, ConfigMap, the opted-out and the hostNetwork pod: untouched
             assert a == b, "%s/%s changed:\n%s\n%s" % (b["kind"], b["metadata"]["name"], a, b)
     assert "opted-out): not injected (ward.dev/inject: disabled)" in err, err
@@ -331,14 +417,14 @@ def list_kind():
     assert rc == 0, (rc, err)
     d = load_docs(out)[0]
     assert d["kind"] == "List" and len(d["items"]) == 2, d
-    assert_injected(d["items"][0]["spec"]["template"], 8080,
+    assert_injected(d["items"][0]["spec"]["template"], "8080",
                     lst["items"][0]["spec"]["template"]["spec"]["initContainers"], "List item 1")
     assert d["items"][1] == lst["items"][1]
 
 
 @r.test
 def already_injected_is_identical():
-    for text in (DEPLOYMENT, MULTI, CRONJOB):
+    for text in (DEPLOYMENT, MULTI, CRONJOB, PROBES):
         rc, once, err = wardctl(["-f", write("in.yaml", text)])
         assert rc == 0, err
         rc, twice, err = wardctl(["-f", "-"], stdin=once.encode())
@@ -357,6 +443,43 @@ def json_output():
     rc, j, err = wardctl(["--filename=" + write("d.yaml", DEPLOYMENT), "--output=json"])
     assert rc == 0, err
     assert json.loads(j) == load_docs(wardctl(["-f", write("d.yaml", DEPLOYMENT)])[1])[0]
+
+
+@r.test
+def probe_ports_bypass_the_proxy():
+    """The kubelet's probes come from the node in plaintext: their ports are kept out of the
+    inbound capture (ward-init --exclude-inbound-ports), numeric, named and grpc alike."""
+    rc, out, err = wardctl(["-f", write("probes.yaml", PROBES)])
+    assert rc == 0, (rc, err)
+    pods = probe_pods(out)
+    before = {d["metadata"]["name"]: d for d in load_docs(PROBES)}
+    assert_injected(pods["numeric"], "8080,9000", (), "numeric probes")
+    assert_injected(pods["named"], "7000,8080,9102", (), "named probes")
+    assert_injected(pods["grpc"], "443,50051", (), "grpc probes")
+    assert_injected(pods["native-sidecar"], "2020",
+                    before["native-sidecar"]["spec"]["initContainers"], "a native sidecar's probe")
+    assert_injected(pods["no-probes"], None, (), "no probes")
+    # the app containers themselves are untouched (their probes still aim at their ports)
+    for name, pod in pods.items():
+        b = before[name]
+        bspec = (b["spec"]["template"] if b["kind"] == "Deployment" else b)["spec"]
+        assert pod["spec"]["containers"] == bspec["containers"], name
+
+    # merged with the option's list: ascending, each port once
+    rc, out, err = wardctl(["-f", write("probes.yaml", PROBES), "--exclude-inbound-ports",
+                            "9091,22,9000"])
+    assert rc == 0, (rc, err)
+    pods = probe_pods(out)
+    assert_injected(pods["numeric"], "22,8080,9000,9091", (), "numeric probes + option")
+    assert_injected(pods["no-probes"], "22,9000,9091", (), "option only")
+
+    # the webhook gets the same: the JSON output of one pod
+    rc, j, err = wardctl(["-f", "-", "-o", "json"],
+                         stdin=json.dumps(load_docs(PROBES)[2]).encode())
+    assert rc == 0, err
+    ia = json.loads(j)["spec"]["initContainers"][0]["args"]
+    assert ia[ia.index("--exclude-inbound-ports") + 1] == "443,50051", ia
+    assert ia.count("--exclude-inbound-ports") == 1, ia
 
 
 @r.test
@@ -387,12 +510,14 @@ def bad_input():
     assert "document 2, line 5" in err, err
     # an uninjectable workload among good ones: every bad document named, nothing written
     bad = MULTI + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: worker}\n" \
-        "spec:\n  template:\n    spec:\n      containers: [{name: w, image: w:1}]\n" \
+        "spec:\n  template:\n    spec:\n      containers: [{name: w, image: w:1, ports: " \
+        "[{containerPort: 15000}]}]\n" \
         "---\njust a string\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n"
     rc, out, err = wardctl(["-f", write("bad.yaml", bad)])
     assert rc == 1 and out == "", (rc, out)
     # (MULTI holds 10 documents, its second one empty: indexes count every document)
-    assert "document 11 (Deployment worker): no app port" in err, err
+    assert "document 11 (Deployment worker): container 'w' declares port 15000, a port of " \
+        "the sidecar (ward-proxy)" in err, err
     assert "document 12, a scalar: not an object" in err, err
     assert "document 13 (Deployment x): no pod template" in err, err
     assert "3 bad documents: nothing written" in err, err
@@ -549,9 +674,11 @@ def webhook_patch_equals_wardctl():
     assert [c["name"] for c in via_webhook["spec"]["initContainers"]] == [
         "ward-init", "ward-proxy", "migrate"]
     assert via_webhook["spec"]["initContainers"][1]["image"] == PROXY_IMAGE
-    # a bare pod (no annotations, init containers or volumes): whole members added
+    ia = via_webhook["spec"]["initContainers"][0]["args"]
+    assert ia[ia.index("--exclude-inbound-ports") + 1] == "8080", ia  # the readiness probe's
+    # a bare pod (no annotations, init containers, volumes or ports): whole members added
     bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"},
-            "spec": {"containers": [{"name": "b", "image": "b", "ports": [{"containerPort": 81}]}]}}
+            "spec": {"containers": [{"name": "b", "image": "b"}]}}
     st, body, _ = post(conn, review(bare))  # same keep-alive connection
     assert st == 200, body
     resp = json.loads(body)["response"]
@@ -587,13 +714,15 @@ def webhook_no_patch():
         resp = json.loads(body)["response"]
         assert resp["uid"] == rev["request"]["uid"] and resp["allowed"] is True, (what, resp)
         assert "patch" not in resp and "patchType" not in resp, (what, resp)
-    # cannot inject: admitted, unchanged, with a warning kubectl shows
+    # cannot inject (the app declares the proxy's inbound port): admitted, unchanged, with a
+    # warning kubectl shows
     worker = {"metadata": {"generateName": "worker-"},
-              "spec": {"containers": [{"name": "worker", "image": "w"}]}}
+              "spec": {"containers": [{"name": "worker", "image": "w",
+                                       "ports": [{"containerPort": 15006}]}]}}
     st, body, _ = post(conn, review(worker))
     resp = json.loads(body)["response"]
     assert st == 200 and resp["allowed"] is True and "patch" not in resp, resp
-    assert "no app port" in resp["warnings"][0], resp
+    assert "a port of the sidecar" in resp["warnings"][0], resp
     conn.close()
     a = agent()
     ah.wait_metric(a, "ward_agent_webhook_reviews_total", lambda v: v and v >= 2,
@@ -602,7 +731,7 @@ def webhook_no_patch():
                  ("not_injectable", 1)):
         ah.wait_metric(a, "ward_agent_webhook_reviews_total", lambda v, n=n: v == n, decision=d)
     recs = [x for x in a.events("admission_review") if x.get("decision") == "not_injectable"]
-    assert recs and recs[-1]["pod"] == "worker-*" and "no app port" in recs[-1]["reason"], recs
+    assert recs and recs[-1]["pod"] == "worker-*" and "port 15006" in recs[-1]["reason"], recs
 
 
 def raw_tls(timeout=10):

@@ -2,13 +2,17 @@
  * (lib/yaml_json.c), on real manifests:
  *   - the injected init containers, volumes and annotations ARE deploy/sidecar/ward-sidecar.yaml's
  *     (parsed here from the file in the source tree, not from the copy compiled into the
- *     library), with only the per-pod app port and the options changed;
+ *     library), with only the options and the per-pod probe ports changed;
  *   - the JSON Patch: ops into existing lists at /0 and /1 (ward-init first, then ward-proxy,
  *     then the app's init containers), "/-" appends, whole members where a list or the
  *     annotations are missing, RFC 6901 escaping of keys like prometheus.io/scrape, and the patch
  *     applied by the RFC 6902 applier equals the mutated object;
+ *   - the ports of the pod's kubelet probes (httpGet, tcpSocket, grpc; numeric, named, as
+ *     strings; containers and native-sidecar init containers) merged into ward-init's
+ *     --exclude-inbound-ports with the option's list, ascending, without repeats; no probes, no
+ *     change; pods without any declared port injected;
  *   - idempotency (injecting an injected pod changes nothing), opt-outs (label or annotation,
- *     disabled or false), hostNetwork, and every refusal (no app port, name clashes);
+ *     disabled or false), hostNetwork, and every refusal (the sidecar's ports, name clashes);
  *   - the options and their validation; the AdmissionReview answers (patch, no patch, warning,
  *     malformed reviews); base64; YAML scalar resolution, quoting, aliases and limits. */
 #include <stdio.h>
@@ -114,17 +118,16 @@ static const char *arg(json_t *c, const char *flag)
     return NULL;
 }
 
-/* The template's container with WARD_APP_PORT set as the injector sets it. */
-static json_t *expected_container(json_t *tmpl, size_t i, const char *port)
+/* The template's init container i as the injector adds it to a pod whose probe ports (merged
+ * with the template's own exclusions) are excl: NULL for a pod without probes. */
+static json_t *expected_container(json_t *tmpl, size_t i, const char *excl)
 {
     json_t *c = json_deep_copy(json_array_get(path(tmpl, "spec.initContainers"), i));
-    size_t k;
-    json_t *e;
-    json_array_foreach(json_object_get(c, "env"), k, e)
-    {
-        if (strcmp(json_string_value(json_object_get(e, "name")), "WARD_APP_PORT") == 0)
-            json_object_set_new(e, "value", json_string(port));
-    }
+    if (excl == NULL || strcmp(str(c, "name"), "ward-init") != 0) return c;
+    json_t *args = json_object_get(c, "args");
+    CU_ASSERT_PTR_NULL(arg(c, "--exclude-inbound-ports")); /* the template has none */
+    json_array_append_new(args, json_string("--exclude-inbound-ports"));
+    json_array_append_new(args, json_string(excl));
     return c;
 }
 
@@ -147,14 +150,23 @@ static void test_injects_the_template(void)
     CU_ASSERT_STRING_EQUAL(str(inits, "1.name"), "ward-proxy");
     CU_ASSERT_STRING_EQUAL(str(inits, "1.restartPolicy"), "Always");
     CU_ASSERT_STRING_EQUAL(str(inits, "2.name"), "migrate");
-    /* exactly the template's containers; the app port is the first TCP port of the first
-     * container (9102 is UDP) */
+    /* exactly the template's containers, but for the readiness probe's port (named "http":
+     * 8080) kept out of the inbound capture */
     for (size_t i = 0; i < 2; i++) {
         json_t *want = expected_container(tmpl, i, "8080");
         CU_ASSERT_TRUE(json_equal(json_array_get(inits, i), want));
         json_decref(want);
     }
-    CU_ASSERT_STRING_EQUAL(str(inits, "0.env.0.value"), "8080");
+    CU_ASSERT_STRING_EQUAL(arg(json_array_get(inits, 0), "--include-inbound-ports"), "*");
+    CU_ASSERT_STRING_EQUAL(arg(json_array_get(inits, 0), "--exclude-inbound-ports"), "8080");
+    CU_ASSERT_PTR_NULL(arg(json_array_get(inits, 0), "--include-outbound-cidrs"));
+    /* the proxy: transparent listeners, the pod's address from the downward API */
+    CU_ASSERT_STRING_EQUAL(arg(json_array_get(inits, 1), "--capture-inbound"), "0.0.0.0:15006");
+    CU_ASSERT_STRING_EQUAL(arg(json_array_get(inits, 1), "--capture-outbound"), "127.0.0.1:15001");
+    CU_ASSERT_PTR_NULL(arg(json_array_get(inits, 1), "--inbound"));
+    CU_ASSERT_STRING_EQUAL(str(inits, "1.env.0.name"), "WARD_POD_IP");
+    CU_ASSERT_STRING_EQUAL(str(inits, "1.env.0.valueFrom.fieldRef.fieldPath"), "status.podIP");
+    CU_ASSERT_PTR_NULL(path(inits, "0.env"));
     /* the proxy: UID 1337, read-only root, no capabilities, /ready probes on its admin port */
     CU_ASSERT_EQUAL(json_integer_value(path(inits, "1.securityContext.runAsUser")), 1337);
     CU_ASSERT_TRUE(json_is_true(path(inits, "1.securityContext.readOnlyRootFilesystem")));
@@ -218,8 +230,9 @@ static void test_bare_pod_gets_prometheus_annotations(void)
         CU_ASSERT_TRUE(json_equal(json_object_get(ann, k), v));
     }
     CU_ASSERT_STRING_EQUAL(json_string_value(json_object_get(ann, "prometheus.io/port")), "15000");
-    CU_ASSERT_STRING_EQUAL(str(pod, "spec.initContainers.1.env.0.value"), "9000");
+    /* no probes: the template's containers exactly */
     CU_ASSERT_EQUAL(json_array_size(path(pod, "spec.initContainers")), 2);
+    CU_ASSERT_TRUE(json_equal(path(pod, "spec.initContainers"), path(tmpl, "spec.initContainers")));
     json_decref(pod);
     json_decref(tmpl);
     ward_injector_free(inj);
@@ -368,20 +381,15 @@ static void test_refusals(void)
     ward_injector_t *inj = injector(NULL);
     expect_refused(inj, "{\"metadata\":{}}", "no spec");
     expect_refused(inj, "{\"spec\":{\"containers\":[]}}", "no containers");
-    expect_refused(inj, "{\"spec\":{\"containers\":[{\"name\":\"a\"}]}}",
-                   "container 'a' declares no TCP containerPort");
-    expect_refused(inj,
-                   "{\"spec\":{\"containers\":[{\"name\":\"a\",\"ports\":[{\"containerPort\":53,"
-                   "\"protocol\":\"UDP\"}]}]}}",
-                   "no app port");
-    expect_refused(inj,
-                   "{\"metadata\":{\"annotations\":{\"ward.dev/app-port\":\"http\"}},"
-                   "\"spec\":{\"containers\":[{\"name\":\"a\"}]}}",
-                   "ward.dev/app-port 'http': not a port");
+    /* the app and the proxy share the network namespace: not the same TCP port */
     expect_refused(inj,
                    "{\"spec\":{\"containers\":[{\"name\":\"a\",\"ports\":[{\"containerPort\":"
                    "15000}]}]}}",
-                   "app port 15000 is a port of the sidecar");
+                   "container 'a' declares port 15000, a port of the sidecar (ward-proxy)");
+    expect_refused(inj,
+                   "{\"spec\":{\"containers\":[{\"name\":\"a\"},{\"name\":\"b\",\"ports\":[{"
+                   "\"containerPort\":80},{\"containerPort\":15006,\"protocol\":\"TCP\"}]}]}}",
+                   "container 'b' declares port 15006");
     expect_refused(inj,
                    "{\"spec\":{\"containers\":[{\"name\":\"ward-proxy\",\"ports\":[{"
                    "\"containerPort\":80}]}]}}",
@@ -396,13 +404,169 @@ static void test_refusals(void)
                    "volume named 'ward-token'");
     expect_refused(inj, "{\"spec\":{\"initContainers\":{},\"containers\":[{\"name\":\"a\"}]}}",
                    "spec.initContainers is not a list");
-    /* the annotation wins over containerPort, string or number */
-    json_t *pod = load_json("{\"metadata\":{\"annotations\":{\"ward.dev/app-port\":\"7070\"}},"
-                            "\"spec\":{\"containers\":[{\"name\":\"a\",\"ports\":[{"
-                            "\"containerPort\":80}]}]}}");
-    char err[256];
+    /* no longer refused: no declared port at all, only UDP ones, the sidecar's port over UDP,
+     * an old ward.dev/app-port annotation (ignored) */
+    static const char *const fine[] = {
+        "{\"spec\":{\"containers\":[{\"name\":\"a\"}]}}",
+        "{\"spec\":{\"containers\":[{\"name\":\"a\",\"ports\":[{\"containerPort\":53,"
+        "\"protocol\":\"UDP\"},{\"containerPort\":15006,\"protocol\":\"UDP\"}]}]}}",
+        "{\"metadata\":{\"annotations\":{\"ward.dev/app-port\":\"http\"}},"
+        "\"spec\":{\"containers\":[{\"name\":\"a\"}]}}"};
+    json_t *tmpl = sidecar_template();
+    for (size_t i = 0; i < sizeof(fine) / sizeof(fine[0]); i++) {
+        json_t *pod = load_json(fine[i]);
+        char err[256] = "";
+        int rc = ward_inject_pod(inj, pod, err, sizeof(err));
+        if (rc != WARD_INJECT_INJECTED) fprintf(stderr, "\n  %s: %d '%s'\n", fine[i], rc, err);
+        CU_ASSERT_EQUAL(rc, WARD_INJECT_INJECTED);
+        CU_ASSERT_TRUE(
+            json_equal(path(pod, "spec.initContainers"), path(tmpl, "spec.initContainers")));
+        json_decref(pod);
+    }
+    json_decref(tmpl);
+    ward_injector_free(inj);
+}
+
+/* ---- kubelet probes ------------------------------------------------------------------------ */
+
+/* The injected ward-init's --exclude-inbound-ports for a pod spec (JSON), or NULL without one. */
+static char *probe_excl(const ward_injector_t *inj, const char *spec)
+{
+    static char got[256];
+    size_t n = strlen(spec) + 32;
+    char *text = malloc(n);
+    snprintf(text, n, "{\"spec\":%s}", spec);
+    json_t *pod = load_json(text);
+    free(text);
+    char err[256] = "";
+    int rc = ward_inject_pod(inj, pod, err, sizeof(err));
+    if (rc != WARD_INJECT_INJECTED) fprintf(stderr, "\n  %s: %d '%s'\n", spec, rc, err);
+    CU_ASSERT_EQUAL_FATAL(rc, WARD_INJECT_INJECTED);
+    json_t *init = path(pod, "spec.initContainers.0");
+    CU_ASSERT_STRING_EQUAL(str(init, "name"), "ward-init");
+    const char *v = arg(init, "--exclude-inbound-ports");
+    int have = v != NULL;
+    snprintf(got, sizeof(got), "%s", have ? v : "");
+    json_decref(pod);
+    return have ? got : NULL;
+}
+
+static void expect_excl(const ward_injector_t *inj, const char *spec, const char *want)
+{
+    const char *got = probe_excl(inj, spec);
+    if (want == NULL ? got != NULL : got == NULL || strcmp(got, want) != 0)
+        fprintf(stderr, "\n  %s: --exclude-inbound-ports %s, want %s\n", spec, got ? got : "(none)",
+                want ? want : "(none)");
+    if (want == NULL) {
+        CU_ASSERT_PTR_NULL(got);
+    } else {
+        CU_ASSERT_TRUE(got != NULL && strcmp(got, want) == 0);
+    }
+}
+
+static void test_probe_ports(void)
+{
+    ward_injector_t *inj = injector(NULL);
+    /* numeric httpGet and tcpSocket */
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{\"httpGet\":{\"path\":"
+                "\"/live\",\"port\":8080}},\"readinessProbe\":{\"tcpSocket\":{\"port\":9000}}}]}",
+                "8080,9000");
+    /* named: resolved against the container's own ports (not another container's) */
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"ports\":[{\"name\":\"metrics\","
+                "\"containerPort\":9102},{\"name\":\"http\",\"containerPort\":8080}],"
+                "\"readinessProbe\":{\"httpGet\":{\"port\":\"http\",\"scheme\":\"HTTPS\"}}},"
+                "{\"name\":\"b\",\"ports\":[{\"name\":\"http\",\"containerPort\":7000}],"
+                "\"livenessProbe\":{\"tcpSocket\":{\"port\":\"http\"}}}]}",
+                "7000,8080");
+    /* grpc (a number only), startup probes, and repeats listed once, ascending */
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"startupProbe\":{\"grpc\":{\"port\":50051,"
+                "\"service\":\"health\"}},\"livenessProbe\":{\"grpc\":{\"port\":50051}},"
+                "\"readinessProbe\":{\"httpGet\":{\"port\":443}}}]}",
+                "443,50051");
+    /* a number written as a string (the kubelet's fallback) */
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{\"httpGet\":{\"port\":"
+                "\"8081\"}}}]}",
+                "8081");
+    /* a native sidecar of the app (init container with restartPolicy Always) is probed too */
+    expect_excl(inj,
+                "{\"initContainers\":[{\"name\":\"log\",\"restartPolicy\":\"Always\","
+                "\"ports\":[{\"name\":\"h\",\"containerPort\":2020}],\"startupProbe\":{"
+                "\"httpGet\":{\"port\":\"h\"}}}],\"containers\":[{\"name\":\"a\"}]}",
+                "2020");
+    /* no probe reaching a port: no flag at all (exec probes, an unknown name, an out-of-range
+     * number, a grpc port as a name, a probe without a handler) */
+    expect_excl(inj, "{\"containers\":[{\"name\":\"a\",\"ports\":[{\"containerPort\":80}]}]}",
+                NULL);
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{\"exec\":{\"command\":["
+                "\"true\"]}},\"readinessProbe\":{\"httpGet\":{\"port\":\"nope\"}},"
+                "\"startupProbe\":{\"tcpSocket\":{\"port\":70000}}},{\"name\":\"b\","
+                "\"ports\":[{\"name\":\"g\",\"containerPort\":50051}],\"livenessProbe\":{\"grpc\""
+                ":{\"port\":\"g\"}},\"readinessProbe\":{\"periodSeconds\":5}}]}",
+                NULL);
+    ward_injector_free(inj);
+
+    /* merged with the option's list, ascending, without repeats; the option's list alone is
+     * sorted too when the pod has no probes */
+    ward_inject_options_t o;
+    memset(&o, 0, sizeof(o));
+    o.v[WARD_INJECT_OPT_EXCLUDE_INBOUND_PORTS] = "9091,22,9090,22";
+    inj = injector(&o);
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{\"httpGet\":{\"port\":"
+                "9090}},\"readinessProbe\":{\"tcpSocket\":{\"port\":8080}}}]}",
+                "22,8080,9090,9091");
+    expect_excl(inj, "{\"containers\":[{\"name\":\"a\"}]}", "22,9090,9091");
+    ward_injector_free(inj);
+    o.v[WARD_INJECT_OPT_EXCLUDE_INBOUND_PORTS] = "";
+    inj = injector(&o);
+    expect_excl(inj,
+                "{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{\"httpGet\":{\"port\":"
+                "9090}}}]}",
+                "9090");
+    expect_excl(inj, "{\"containers\":[{\"name\":\"a\"}]}", "");
+    ward_injector_free(inj);
+
+    /* a template with FLAG=VALUE keeps that form */
+    const char *t = "kind: Pod\nmetadata: {annotations: {ward.dev/status: injected}}\n"
+                    "spec:\n  initContainers:\n  - {name: ward-init, args: [--x, '1', "
+                    "'--exclude-inbound-ports=53,15']}\n  - {name: ward-proxy}\n";
+    char err[256] = "";
+    CU_ASSERT_EQUAL_FATAL(ward_injector_new_from(t, strlen(t), NULL, NULL, &inj, err, sizeof(err)),
+                          0);
+    json_t *pod = load_json("{\"spec\":{\"containers\":[{\"name\":\"a\",\"livenessProbe\":{"
+                            "\"tcpSocket\":{\"port\":25}}}]}}");
+    CU_ASSERT_EQUAL_FATAL(ward_inject_pod(inj, pod, err, sizeof(err)), WARD_INJECT_INJECTED);
+    json_t *args = path(pod, "spec.initContainers.0.args");
+    CU_ASSERT_EQUAL(json_array_size(args), 3);
+    CU_ASSERT_STRING_EQUAL(str(args, "2"), "--exclude-inbound-ports=15,25,53");
+    json_decref(pod);
+    ward_injector_free(inj);
+
+    /* the webhook's patch carries the same ward-init; injecting again changes nothing */
+    inj = injector(NULL);
+    pod = load_json("{\"spec\":{\"containers\":[{\"name\":\"a\",\"ports\":[{\"name\":"
+                    "\"http\",\"containerPort\":8080}],\"readinessProbe\":{\"httpGet\":{"
+                    "\"port\":\"http\"}}}]}}");
+    json_t *patch = NULL;
+    CU_ASSERT_EQUAL_FATAL(ward_inject_patch(inj, pod, "", &patch, err, sizeof(err)),
+                          WARD_INJECT_INJECTED);
+    json_t *applied = json_deep_copy(pod);
+    CU_ASSERT_EQUAL_FATAL(ward_json_patch_apply(&applied, patch, err, sizeof(err)), 0);
+    CU_ASSERT_STRING_EQUAL(arg(path(applied, "spec.initContainers.0"), "--exclude-inbound-ports"),
+                           "8080");
     CU_ASSERT_EQUAL(ward_inject_pod(inj, pod, err, sizeof(err)), WARD_INJECT_INJECTED);
-    CU_ASSERT_STRING_EQUAL(str(pod, "spec.initContainers.1.env.0.value"), "7070");
+    CU_ASSERT_TRUE(json_equal(applied, pod));
+    json_t *once = json_deep_copy(pod);
+    CU_ASSERT_EQUAL(ward_inject_pod(inj, pod, err, sizeof(err)), WARD_INJECT_ALREADY);
+    CU_ASSERT_TRUE(json_equal(once, pod));
+    json_decref(once);
+    json_decref(applied);
+    json_decref(patch);
     json_decref(pod);
     ward_injector_free(inj);
 }
@@ -493,7 +657,11 @@ static void test_template_errors(void)
         "kind: Pod\nmetadata: {annotations: {}}\nspec: {initContainers: []}\n",
         "kind: Pod\nmetadata: {annotations: {ward.dev/status: injected}}\n"
         "spec: {initContainers: [{name: ward-init}]}\n",
-        "kind: Pod\n---\nkind: Pod\n", "kind: [\n"};
+        "kind: Pod\n---\nkind: Pod\n",
+        "kind: [\n",
+        "kind: Pod\nmetadata: {annotations: {ward.dev/status: injected}}\n"
+        "spec: {initContainers: [{name: ward-init, args: [--exclude-inbound-ports, http]},"
+        " {name: ward-proxy}]}\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         ward_injector_t *x = NULL;
         char err[256] = "";
@@ -696,11 +864,20 @@ static void test_review(void)
         json_decref(r);
         free(body);
     }
-    /* not injectable: admitted unchanged, with a warning saying why */
+    /* a pod without ports: injected */
     body = review_of("{\"spec\":{\"containers\":[{\"name\":\"worker\"}]}}", "CREATE", "Pod");
     r = review(inj, body, 0, &info);
+    CU_ASSERT_STRING_EQUAL(str(r, "response.patchType"), "JSONPatch");
+    CU_ASSERT_STRING_EQUAL(info.decision, "injected");
+    json_decref(r);
+    free(body);
+    /* not injectable: admitted unchanged, with a warning saying why */
+    body = review_of("{\"spec\":{\"containers\":[{\"name\":\"worker\",\"ports\":[{"
+                     "\"containerPort\":15006}]}]}}",
+                     "CREATE", "Pod");
+    r = review(inj, body, 0, &info);
     CU_ASSERT_PTR_NULL(path(r, "response.patch"));
-    CU_ASSERT_PTR_NOT_NULL(strstr(str(r, "response.warnings.0"), "no app port"));
+    CU_ASSERT_PTR_NOT_NULL(strstr(str(r, "response.warnings.0"), "a port of the sidecar"));
     CU_ASSERT_STRING_EQUAL(info.decision, "not_injectable");
     json_decref(r);
     free(body);
@@ -912,8 +1089,8 @@ void ward_unit_register(void)
     WARD_SUITE("inject", WARD_TEST(test_injects_the_template),
                WARD_TEST(test_bare_pod_gets_prometheus_annotations),
                WARD_TEST(test_patch_shape_and_escaping), WARD_TEST(test_idempotent),
-               WARD_TEST(test_opt_outs), WARD_TEST(test_refusals), WARD_TEST(test_options),
-               WARD_TEST(test_template_errors));
+               WARD_TEST(test_opt_outs), WARD_TEST(test_refusals), WARD_TEST(test_probe_ports),
+               WARD_TEST(test_options), WARD_TEST(test_template_errors));
     WARD_SUITE("json_patch", WARD_TEST(test_pointer_escaping), WARD_TEST(test_patch_apply));
     WARD_SUITE("admission", WARD_TEST(test_review), WARD_TEST(test_base64));
     WARD_SUITE("yaml_json", WARD_TEST(test_yaml_scalars), WARD_TEST(test_yaml_structure));
