@@ -66,6 +66,17 @@ int ward_worker_init(ward_worker_t *w, unsigned index, ward_shared_t *shared, ch
         l->w = w;
         l->map = &cfg->maps[i];
         rc = ward__listen_socket(&cfg->maps[i].listen, &l->fd);
+        if (rc < 0 && cfg->maps[i].transparent && cfg->maps[i].listen.ss.ss_family == AF_INET6 &&
+            (rc == -EAFNOSUPPORT || rc == -EADDRNOTAVAIL)) {
+            /* A dual-stack template on a pod without IPv6: there is no IPv6 traffic to capture. */
+            if (index == 0)
+                ward_log_msg(WARD_LOG_INFO, "capture_listener_skipped",
+                             "%s: IPv6 is not available here: %s", cfg->maps[i].spec,
+                             strerror(-rc));
+            l->fd = -1;
+            w->nlisteners++;
+            continue;
+        }
         if (rc < 0) {
             char a[64];
             snprintf(
@@ -257,6 +268,7 @@ int ward_worker_start(ward_worker_t *w)
     w->fd_retry.data = w;
     for (size_t i = 0; i < w->nlisteners; i++) {
         ward_listener_t *l = &w->listeners[i];
+        if (l->fd < 0) continue; /* skipped (see ward_worker_init) */
         rc = uv_poll_init(&w->loop, &l->poll, l->fd);
         if (rc < 0) return rc;
         l->poll.data = l;

@@ -990,11 +990,18 @@ def sidecar_template():
     # transparent capture: ward-init redirects to the proxy's two transparent listeners, which
     # take each connection's original destination (no app port, no explicit mapping)
     assert opt_flag(args, "--inbound") is None, "ward-proxy maps an app port explicitly: %s" % args
-    cin, cout = flag(args, "--capture-inbound"), flag(args, "--capture-outbound")
-    assert int(flag(iargs, "--inbound-port")) == addr_port(cin), \
-        "--inbound-port vs the proxy's --capture-inbound"
-    assert int(flag(iargs, "--outbound-port")) == addr_port(cout), \
-        "--outbound-port vs the proxy's --capture-outbound"
+    # one listener per address family (IPv4 first; IPv6 is skipped where the pod has none)
+    cins = [v for f, v in parse_args(args) if f == "--capture-inbound"]
+    couts = [v for f, v in parse_args(args) if f == "--capture-outbound"]
+    assert len(cins) == 2 and len(couts) == 2, args
+    assert cins[1].startswith("[::]:") and couts[1].startswith("[::1]:"), (cins, couts)
+    cin, cout = cins[0], couts[0]
+    for v in cins:
+        assert int(flag(iargs, "--inbound-port")) == addr_port(v), \
+            "--inbound-port vs the proxy's --capture-inbound %s" % v
+    for v in couts:
+        assert int(flag(iargs, "--outbound-port")) == addr_port(v), \
+            "--outbound-port vs the proxy's --capture-outbound %s" % v
     # inbound is redirected (PREROUTING) to the pod's address, outbound (OUTPUT) to loopback
     assert not cin.startswith("127."), "--capture-inbound %s: inbound arrives on the pod IP" % cin
     assert cout.split(":")[0] in ("127.0.0.1", "0.0.0.0", ""), \
