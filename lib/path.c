@@ -102,6 +102,12 @@ static long ward__segment(const char *raw, size_t len, char *out, const char **w
             *why = "encoded NUL";
             return WARD_EINVAL;
         }
+        if (d == ';') {
+            /* An app that decodes %3B and then strips ";params" (Tomcat) would read
+             * "/public/..%3B/admin" as "/admin": refused like an encoded slash. */
+            *why = "encoded semicolon";
+            return WARD_EINVAL;
+        }
         if (ward__unreserved(d)) {
             out[o++] = (char)d;
         } else {

@@ -46,6 +46,8 @@ void ward_config_usage(FILE *out)
           "  --connect-timeout D      upstream connect (5s)             [WARD_CONNECT_TIMEOUT]\n"
           "  --handshake-timeout D    TLS handshake (10s)             [WARD_HANDSHAKE_TIMEOUT]\n"
           "  --idle-timeout D         no bytes either way (1h)             [WARD_IDLE_TIMEOUT]\n"
+          "  --request-timeout D      an HTTP/1 request head, once begun, must be complete\n"
+          "                           within this (30s)              [WARD_REQUEST_TIMEOUT]\n"
           "  --drain-timeout D        graceful drain on SIGTERM (30s)     [WARD_DRAIN_TIMEOUT]\n"
           "  --reload-interval D      identity file check period (1s)   [WARD_RELOAD_INTERVAL]\n"
           "  --log-level L            debug|info|warn|error (info)           [WARD_LOG_LEVEL]\n"
@@ -217,6 +219,7 @@ enum {
     OPT_SNIFF_TO,
     OPT_SERVER_FIRST,
     OPT_ACCESS_LOG,
+    OPT_REQUEST_TO,
     OPT_CAPTURE_IN,
     OPT_CAPTURE_OUT,
     OPT_PEERS,
@@ -255,6 +258,7 @@ static const ward_opt_desc_t ward__scalars[] = {
     {OPT_SNIFF_TO, "--sniff-timeout", "WARD_SNIFF_TIMEOUT"},
     {OPT_SERVER_FIRST, "--server-first-ports", "WARD_SERVER_FIRST_PORTS"},
     {OPT_ACCESS_LOG, "--access-log", "WARD_ACCESS_LOG"},
+    {OPT_REQUEST_TO, "--request-timeout", "WARD_REQUEST_TIMEOUT"},
     {OPT_CAPTURE_IN, "--capture-inbound", "WARD_CAPTURE_INBOUND"},
     {OPT_CAPTURE_OUT, "--capture-outbound", "WARD_CAPTURE_OUTBOUND"},
     {OPT_PEERS, "--peers", "WARD_PEERS"},
@@ -406,6 +410,8 @@ static int ward__apply_scalar(ward_config_t *cfg, int opt, const char *flag, con
         else
             return ward__cfg_err(err, errlen, "%s '%s': expected true or false", flag, v);
         return 0;
+    case OPT_REQUEST_TO:
+        return ward__set_duration(flag, v, &cfg->request_timeout_ms, err, errlen);
     case OPT_ACCESS_LOG:
         if (strcmp(v, "off") == 0)
             cfg->access_log = WARD_ACCESS_LOG_OFF;
@@ -477,6 +483,7 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
         {"sniff-timeout", required_argument, NULL, OPT_SNIFF_TO},
         {"server-first-ports", required_argument, NULL, OPT_SERVER_FIRST},
         {"access-log", required_argument, NULL, OPT_ACCESS_LOG},
+        {"request-timeout", required_argument, NULL, OPT_REQUEST_TO},
         {"capture-inbound", required_argument, NULL, OPT_CAPTURE_IN},
         {"capture-outbound", required_argument, NULL, OPT_CAPTURE_OUT},
         {"peers", required_argument, NULL, OPT_PEERS},
@@ -497,6 +504,7 @@ int ward_config_parse(ward_config_t *cfg, int argc, char **argv, char *err, size
     cfg->connect_timeout_ms = 5000;
     cfg->handshake_timeout_ms = 10000;
     cfg->idle_timeout_ms = 3600000;
+    cfg->request_timeout_ms = 30000;
     cfg->drain_timeout_ms = 30000;
     cfg->reload_interval_ms = 1000;
     cfg->log_level = WARD_LOG_INFO;

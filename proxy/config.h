@@ -49,6 +49,7 @@ typedef struct {
     uint64_t connect_timeout_ms;
     uint64_t handshake_timeout_ms;
     uint64_t idle_timeout_ms;
+    uint64_t request_timeout_ms; /* a request head must arrive within this once begun */
     uint64_t drain_timeout_ms;
     uint64_t reload_interval_ms;
     ward_log_level_t log_level;

@@ -36,8 +36,8 @@
 #define WARD_SO_ORIGINAL_DST      80
 #define WARD_IP6T_SO_ORIGINAL_DST 80
 
-static const char *const ward__state_names[] = {"connecting", "handshake", "sniffing", "proxying",
-                                                "closing"};
+static const char *const ward__state_names[] = {"connecting", "handshake", "sniffing",
+                                                "proxying",   "lingering", "closing"};
 
 static void ward__on_io(uv_poll_t *h, int status, int events);
 static void ward__proxy(ward_conn_t *c, ward_side_t *fired, int events);
@@ -649,12 +649,31 @@ static void ward__on_idle_timer(uv_timer_t *t)
     ward_conn_t *c = t->data;
     uint64_t now = uv_now(&c->w->loop), idle = c->w->shared->cfg->idle_timeout_ms;
     uint64_t quiet = now - c->last_active;
+    if (c->head_deadline != 0 && now >= c->head_deadline) {
+        ward_counter_add(&c->w->stats.timeouts[c->dir], 1);
+        ward_conn_abort(c, "request_head_timeout: the request head did not arrive in time");
+        return;
+    }
     if (quiet < idle) {
-        ward__timer_start(c, ward__on_idle_timer, idle - quiet);
+        uint64_t next = idle - quiet;
+        if (c->head_deadline != 0 && c->head_deadline - now < next) next = c->head_deadline - now;
+        ward__timer_start(c, ward__on_idle_timer, next);
         return;
     }
     ward_counter_add(&c->w->stats.timeouts[c->dir], 1);
     ward_conn_abort(c, "idle timeout");
+}
+
+void ward_conn_head_timer(ward_conn_t *c, int on)
+{
+    if (!on) {
+        c->head_deadline = 0;
+        return;
+    }
+    if (c->head_deadline != 0 || c->state != WARD_CS_PROXYING) return;
+    uint64_t t = c->w->shared->cfg->request_timeout_ms;
+    c->head_deadline = uv_now(&c->w->loop) + t;
+    if (uv_timer_get_due_in(&c->timer) > t) ward__timer_start(c, ward__on_idle_timer, t);
 }
 
 static void ward__start_proxying(ward_conn_t *c)
@@ -934,8 +953,11 @@ static void ward__start_handshake(ward_conn_t *c)
     c->peer.expected_id = c->expected_id;
     if (!is_server) c->peer.on_new_session = ward__new_session;
     if (is_server && !c->peeked) {
-        c->state = WARD_CS_HANDSHAKE;
-        ward__timer_start(c, ward__on_phase_timeout, c->w->shared->cfg->handshake_timeout_ms);
+        if (c->state != WARD_CS_HANDSHAKE) {
+            /* The handshake deadline runs from accept: waiting for the first byte counts. */
+            c->state = WARD_CS_HANDSHAKE;
+            ward__timer_start(c, ward__on_phase_timeout, c->w->shared->cfg->handshake_timeout_ms);
+        }
         if (!ward__inbound_peek(c)) return;
     }
     t->io.fd = t->fd;
@@ -950,19 +972,64 @@ static void ward__start_handshake(ward_conn_t *c)
         if (slot->sess != NULL && slot->generation == ward_identity_generation(c->ident))
             ward_tls_use_session(t->ssl, slot->sess);
     }
-    c->state = WARD_CS_HANDSHAKE;
-    ward__timer_start(c, ward__on_phase_timeout, c->w->shared->cfg->handshake_timeout_ms);
+    if (c->state != WARD_CS_HANDSHAKE) {
+        c->state = WARD_CS_HANDSHAKE;
+        ward__timer_start(c, ward__on_phase_timeout, c->w->shared->cfg->handshake_timeout_ms);
+    }
     ward__handshake(c);
+}
+
+static void ward__on_linger_timeout(uv_timer_t *t)
+{
+    ward_conn_close(t->data, 0);
+}
+
+/* Lingering: discard what the caller still sends until its EOF, so that closing does not turn
+ * the answer we sent into a reset before the caller read it. */
+static void ward__linger(ward_conn_t *c)
+{
+    char buf[4096];
+    for (int i = 0; i < 16; i++) {
+        ward_side_readable(&c->down);
+        ssize_t n = ward_side_read(&c->down, buf, sizeof(buf));
+        if (n > 0) continue;
+        if (n == WARD_IO_WANT_READ || n == WARD_IO_WANT_WRITE) {
+            ward_side_set_events(&c->down, ward_side_wanted(&c->down, 1, 0));
+            return;
+        }
+        ward_conn_close(c, 0); /* EOF or error: done */
+        return;
+    }
 }
 
 static void ward__connect_failed(ward_conn_t *c, int err)
 {
+    static const char bad_gateway[] = "HTTP/1.1 502 Bad Gateway\r\n"
+                                      "content-type: text/plain\r\n"
+                                      "content-length: 26\r\n"
+                                      "connection: close\r\n"
+                                      "\r\n"
+                                      "upstream connection failed\n";
     ward_logline_t l;
     ward_counter_add(&c->w->stats.upstream_connect_failures[c->dir], 1);
     if (ward_log_begin(&l, WARD_LOG_WARN, "upstream_connect_failed")) {
         ward_conn_log_ctx(&l, c);
         ward_log_str(&l, "error", strerror(err));
         ward_log_end(&l);
+    }
+    /* An HTTP/1 caller of an app that is down gets a 502, not a reset (which would look like a
+     * network or TLS failure): written before its request is read, as a server may. */
+    if (c->dir == WARD_DIR_INBOUND && c->proto == WARD_PROTO_HTTP1 &&
+        ward_side_write(&c->down, bad_gateway, sizeof(bad_gateway) - 1) ==
+            (ssize_t)(sizeof(bad_gateway) - 1)) {
+        ward_conn_count_request(c, WARD_REQ_HTTP1, 502);
+        if (c->up.flags & WARD_SF_POLL) ward_side_set_events(&c->up, 0);
+        if (ward_side_shutdown(&c->down) != WARD_IO_ERROR) {
+            c->state = WARD_CS_LINGERING;
+            ward__timer_start(c, ward__on_linger_timeout, 2000);
+            ward__linger(c);
+            return;
+        }
     }
     ward_conn_close(c, 1);
 }
@@ -1020,6 +1087,16 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
             ward__connect_done(c); /* a refused/unreachable connect: counted as such */
             return;
         }
+        if (c->state == WARD_CS_PROXYING) {
+            /* libuv stopped the handle. Let the data path read the error itself (a reset
+             * mid-exchange is the codec's to answer, e.g. with a 502), re-arming as it needs. */
+            s->events = 0;
+            if (c->codec != NULL)
+                c->codec->on_io(c, s, UV_READABLE | UV_WRITABLE);
+            else
+                ward__proxy(c, s, UV_READABLE | UV_WRITABLE);
+            return;
+        }
         if (status == UV_EBADF && getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e != 0)
             ward_conn_abort(c, strerror(e));
         else
@@ -1048,6 +1125,12 @@ static void ward__on_io(uv_poll_t *h, int status, int events)
             c->codec->on_io(c, s, events);
         else
             ward__proxy(c, s, events);
+        break;
+    case WARD_CS_LINGERING:
+        if (s == &c->down) {
+            if (c->down.flags & WARD_SF_SHUT_PEND) ward_side_shutdown(&c->down);
+            ward__linger(c);
+        }
         break;
     default:
         break;

@@ -32,6 +32,7 @@ typedef enum {
     WARD_CS_HANDSHAKE,
     WARD_CS_SNIFFING,
     WARD_CS_PROXYING,
+    WARD_CS_LINGERING, /* a canned answer (502) sent: reading the caller out before closing */
     WARD_CS_CLOSING
 } ward_conn_state_t;
 
@@ -118,6 +119,7 @@ struct ward_conn {
     uint32_t allowed, denied; /* authorization decisions made on this connection */
     uint64_t started;
     uint64_t last_active;
+    uint64_t head_deadline; /* uv_now() by which the current request head must be in; 0 = none */
     uint32_t map_index;
     uint16_t port; /* the workload port (inbound: the app's; outbound: the peer's) */
     uint8_t dir;
@@ -176,6 +178,11 @@ void ward_outq_clear(ward_conn_t *c, ward_outq_t *q);
 void ward_conn_close(ward_conn_t *c, int abortive);
 /* Marks activity (the idle timer measures from the last call). */
 void ward_conn_touch(ward_conn_t *c);
+/* The request-head deadline (--request-timeout), against slow-header clients whose trickle would
+ * keep the idle timer alive: on = started when a request's first byte arrives (a running deadline
+ * is kept), off = the head is complete. Past the deadline the connection is closed and counted in
+ * ward_idle_timeouts_total with a request_head_timeout log line. */
+void ward_conn_head_timer(ward_conn_t *c, int on);
 /* Counts n bytes moved in flow (connection + worker totals). */
 void ward_conn_count_bytes(ward_conn_t *c, ward_flow_t flow, size_t n);
 

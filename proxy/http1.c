@@ -145,10 +145,16 @@ typedef struct {
     unsigned fail_status;
     const char *fail_reason;
     const char *fail_detail;
+    /* A callback refused (ward__h1_fail): llhttp reports that as HPE_USER from data callbacks
+     * but as HPE_CB_* from the others, so the flag, not the errno, says whose error it is. */
+    int failed;
+    size_t trailer_name_len; /* bytes of the trailer field name parsed so far */
+    int trailer_may_be_xfcc; /* ... and they are a prefix of x-forwarded-client-cert */
 } ward_h1_t;
 
 static int ward__h1_fail(ward_h1_t *h, unsigned status, const char *reason, const char *detail)
 {
+    h->failed = 1;
     h->fail_status = status;
     h->fail_reason = reason;
     h->fail_detail = detail;
@@ -183,6 +189,7 @@ static void ward__h1_log_state(ward_logline_t *l, const ward_h1_t *h)
 static int ward__h1_head_append(ward_h1_t *h, const char *at, size_t n)
 {
     ward_h1_head_t *hd = h->head;
+    if (n == 0) return 0; /* an empty target: nothing to copy (hd->buf may still be NULL) */
     if (hd->len + n > WARD_HTTP_MAX_HEADER_BYTES)
         return ward__h1_fail(h, 431, "header_too_large", "request head too large");
     if (hd->len + n > hd->cap) {
@@ -203,6 +210,10 @@ static int ward__h1_rq_begin(llhttp_t *p)
 {
     ward_h1_t *h = ((ward_conn_t *)p->data)->cs;
     h->flags |= WARD_H1_F_REQ_BEGUN;
+    h->failed = 0;
+    h->trailer_name_len = 0;
+    h->trailer_may_be_xfcc = 0;
+    ward_conn_head_timer(p->data, 1);
     if (h->head == NULL) {
         h->head = ward_malloc(sizeof(*h->head));
         if (h->head == NULL) return ward__h1_fail(h, 0, NULL, NULL);
@@ -238,10 +249,22 @@ static int ward__h1_rq_field(llhttp_t *p, const char *at, size_t n)
     ward_h1_t *h = ((ward_conn_t *)p->data)->cs;
     ward_h1_head_t *hd = h->head;
     if (h->req != WARD_H1_RQ_HEAD) {
-        /* A trailer of a chunked body: forwarded raw, but its name must be a token too. */
+        /* A trailer of a chunked body: forwarded raw, but its name must be a token too, and
+         * never the verified-identity header (the app must not see a forged one there). The
+         * name may arrive in pieces: compare the piece against the matching part of it. */
+        static const char xfcc[] = WARD_XFCC_HEADER;
         for (size_t i = 0; i < n; i++)
             if (!ward__h1_tchar((unsigned char)at[i]))
                 return ward__h1_fail(h, 400, "bad_request", "invalid character in trailer name");
+        if (h->trailer_name_len < sizeof(xfcc) &&
+            (h->trailer_name_len == 0 || h->trailer_may_be_xfcc)) {
+            size_t off = h->trailer_name_len;
+            h->trailer_may_be_xfcc =
+                off + n <= sizeof(xfcc) - 1 && strncasecmp(at, xfcc + off, n) == 0;
+        } else {
+            h->trailer_may_be_xfcc = 0;
+        }
+        h->trailer_name_len += n;
         return 0;
     }
     if (!hd->in_field) {
@@ -261,7 +284,15 @@ static int ward__h1_rq_field_done(llhttp_t *p)
 {
     ward_h1_t *h = ((ward_conn_t *)p->data)->cs;
     ward_h1_head_t *hd = h->head;
-    if (h->req != WARD_H1_RQ_HEAD) return 0;
+    if (h->req != WARD_H1_RQ_HEAD) {
+        int xfcc = h->trailer_may_be_xfcc && h->trailer_name_len == sizeof(WARD_XFCC_HEADER) - 1;
+        h->trailer_name_len = 0;
+        h->trailer_may_be_xfcc = 0;
+        if (xfcc)
+            return ward__h1_fail(h, 400, "bad_request",
+                                 "x-forwarded-client-cert is set by the proxy, not in trailers");
+        return 0;
+    }
     hd->in_field = 0;
     if (hd->nfields == 0) return 0;
     const ward_h1_field_t *f = &hd->fields[hd->nfields - 1];
@@ -680,6 +711,7 @@ static int ward__h1_on_head(ward_conn_t *c, ward_h1_t *h)
     char body[512];
     int r, rc;
 
+    ward_conn_head_timer(c, 0); /* the head is in */
     h->flags |= WARD_H1_F_EXCHANGE;
     h->method = llhttp_method_name((llhttp_method_t)method);
     h->start_ms = uv_now(&c->w->loop);
@@ -830,13 +862,13 @@ static int ward__h1_scan_head(ward_h1_t *h, const char *p, size_t n)
  * status) + close when nothing of a response is on its way; else ends the connection. */
 static int ward__h1_bad_request(ward_conn_t *c, ward_h1_t *h, llhttp_errno_t e)
 {
-    if (e == HPE_USER && h->fail_status == 0) {
+    if (h->failed && h->fail_status == 0) {
         ward_conn_close(c, 1); /* out of memory */
         return -1;
     }
-    unsigned status = e == HPE_USER ? h->fail_status : 400;
-    const char *reason = e == HPE_USER ? h->fail_reason : "bad_request";
-    const char *detail = e == HPE_USER ? h->fail_detail : llhttp_get_error_reason(&h->rq);
+    unsigned status = h->failed ? h->fail_status : 400;
+    const char *reason = h->failed ? h->fail_reason : "bad_request";
+    const char *detail = h->failed ? h->fail_detail : llhttp_get_error_reason(&h->rq);
     if (detail == NULL) detail = llhttp_errno_name(e);
     if (h->req == WARD_H1_RQ_DISCARD || (h->req == WARD_H1_RQ_BODY && h->resp == WARD_H1_RS_DONE)) {
         /* Already answered: end the connection once the answer is out. */
@@ -995,8 +1027,8 @@ static int ward__h1_up_failed(ward_conn_t *c, ward_h1_t *h, const char *why)
 
 static int ward__h1_bad_response(ward_conn_t *c, ward_h1_t *h, llhttp_errno_t e)
 {
-    const char *detail = e == HPE_USER ? h->fail_detail : llhttp_get_error_reason(&h->rs);
-    if (e == HPE_USER && h->fail_status == 0) {
+    const char *detail = h->failed ? h->fail_detail : llhttp_get_error_reason(&h->rs);
+    if (h->failed && h->fail_status == 0) {
         ward_conn_close(c, 1);
         return -1;
     }

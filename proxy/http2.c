@@ -831,10 +831,13 @@ static void ward__up_closed(ward_h2_t *h, ward_h2_stream_t *s, uint32_t code, in
 /* --- data providers --------------------------------------------------------------------------- */
 
 /* Builds the trailer fields of f and submits them on sess. Returns 0 or an nghttp2 error. */
-static int ward__submit_trailers(nghttp2_session *sess, int32_t id, ward_h2_fields_t *f)
+/* strip_xfcc: request trailers toward the app never carry a caller's x-forwarded-client-cert
+ * (the verified one is in the request head). */
+static int ward__submit_trailers(nghttp2_session *sess, int32_t id, ward_h2_fields_t *f,
+                                 int strip_xfcc)
 {
     nghttp2_nv nv[WARD_HTTP_MAX_HEADERS];
-    size_t n = ward__fields_nv(f, nv, 0);
+    size_t n = ward__fields_nv(f, nv, strip_xfcc);
     int rv = nghttp2_submit_trailer(sess, id, nv, n);
     ward__fields_release(f);
     return rv;
@@ -865,7 +868,7 @@ static ssize_t ward__req_read(nghttp2_session *session, int32_t stream_id, uint8
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     s->flags |= WARD_H2F_REQ_SENT;
     if (s->req_trl.n > 0) {
-        int rv = ward__submit_trailers(session, stream_id, &s->req_trl);
+        int rv = ward__submit_trailers(session, stream_id, &s->req_trl, 1);
         if (rv != 0) {
             if (nghttp2_is_fatal(rv)) {
                 ward__fail(h);
@@ -904,7 +907,7 @@ static ssize_t ward__resp_read(nghttp2_session *session, int32_t stream_id, uint
     *data_flags |= NGHTTP2_DATA_FLAG_EOF;
     if (s->resp_trl.n > 0) {
         ward__note_grpc_status(s, &s->resp_trl);
-        int rv = ward__submit_trailers(session, stream_id, &s->resp_trl);
+        int rv = ward__submit_trailers(session, stream_id, &s->resp_trl, 0);
         if (rv != 0) {
             if (nghttp2_is_fatal(rv)) {
                 ward__fail(h);
@@ -1155,7 +1158,10 @@ static int ward__on_stream_close(nghttp2_session *session, int32_t stream_id, ui
     if (session == h->up) {
         ward__up_closed(h, s, error_code, (s->flags & WARD_H2F_UP_PEER_RST) != 0);
         ward__stream_release(h, s);
-        return (h->flags & WARD_H2_FATAL) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+        /* Never a callback failure here: nghttp2 1.52 calls this from its own error path while
+         * serialising, and returning a failure then leaks the outbound item it was preparing.
+         * WARD_H2_FATAL still ends the connection from the pump. */
+        return 0;
     }
     s->flags &= ~WARD_H2F_DOWN_OPEN;
     ward__request_done(h, s);
@@ -1356,9 +1362,11 @@ static int ward__down_finished(ward_h2_t *h)
     ward_conn_t *c = h->c;
     if (h->q_down.bytes > 0 || nghttp2_session_want_write(h->down)) return 0;
     if (c->down.flags & WARD_SF_RD_EOF) {
-        /* The caller stopped sending: done once no stream of it is left to answer. */
+        /* The caller stopped sending: done once no stream of it is left to answer. A stream
+         * whose request never ended cannot be answered any more (its END_STREAM can no longer
+         * come): it does not hold the connection open. */
         for (ward_h2_stream_t *s = h->streams; s != NULL; s = s->next)
-            if (s->flags & WARD_H2F_DOWN_OPEN) return 0;
+            if ((s->flags & WARD_H2F_DOWN_OPEN) && (s->flags & WARD_H2F_REQ_EOS)) return 0;
         return 1;
     }
     return !nghttp2_session_want_read(h->down);

@@ -129,7 +129,7 @@ int ward_peers_parse(const char *text, size_t len, ward_peer_entry_t **out, size
         }
         n++;
     }
-    if (rc == 0) {
+    if (rc == 0 && n > 0) {
         qsort(e, n, sizeof(*e), ward__cmp);
         for (size_t i = 1; i < n; i++)
             if (ward__cmp(&e[i - 1], &e[i]) == 0 && strcmp(e[i - 1].id, e[i].id) != 0) {
@@ -152,7 +152,7 @@ int ward_peers_parse(const char *text, size_t len, ward_peer_entry_t **out, size
 const char *ward_peers_find(const ward_peer_entry_t *e, size_t count, const struct sockaddr *dst)
 {
     ward_peer_entry_t k;
-    if (ward__key(dst, k.ip, &k.port) < 0) return NULL;
+    if (count == 0 || ward__key(dst, k.ip, &k.port) < 0) return NULL;
     uint16_t port = k.port;
     /* An entry with the port first, then the address alone. */
     for (int pass = 0; pass < 2; pass++) {

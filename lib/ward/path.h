@@ -7,7 +7,8 @@
  *   - splits off the query at the first '?', which is kept verbatim (printable ASCII only);
  *   - refuses a fragment ('#'), control characters, space, DEL, bytes >= 0x80, a backslash, an
  *     invalid escape ("%zz", "%4"), and the escapes that would change the path's structure or
- *     meaning once the app decodes them: %2F (slash), %5C (backslash), %00, and %25 followed by
+ *     meaning once the app decodes them: %2F (slash), %5C (backslash), %00, %3B (semicolon: an
+ *     app that decodes it and then drops ";params" would see another path), and %25 followed by
  *     two hex digits (double encoding);
  *   - decodes escapes of unreserved characters (ALPHA DIGIT - . _ ~), so "/%61dmin" is "/admin",
  *     and upper-cases the hex digits of every escape it keeps ("%c3" -> "%C3");

@@ -9,7 +9,9 @@ Cases
                              bytes echoed on each); every one echoes again while all are held; RSS
                              of each proxy and KiB per held connection printed; /ready of both
                              polled during the run; after closing, ward_connections_open is 0;
-                             a second round of 10 000 peaks within +10% of the first round's peak.
+                             a second round of 10 000 peaks within +10% of the first round's peak
+                             (or, an allocator high-water mark, within +30% and a third round
+                             within +10% of the second: growth that stops is not a leak).
                              Each proxy needs two descriptors per held connection: when the
                              RLIMIT_NOFILE hard limit is too low for 10 000 the case is skipped
                              with the numbers, and held_connections_at_fd_limit runs the same
@@ -427,11 +429,11 @@ def held_connections(n):
         sum(rounds[0]["peak_kib"][k] - idle[k] for k in idle) / n, watch.check("")))
     grew = [name for name in idle
             if rounds[1]["peak_kib"][name] > rounds[0]["peak_kib"][name] * 1.10]
-    third = ""
+    third, m3 = "", None
     if grew and not SANITIZED:
         # tell an allocator high-water mark (a plateau) from a leak (growth every round)
-        m = hold_round(pair, n, "round 3")
-        held3 = ", ".join("%s %.1f MiB" % (k, v / 1024.0) for k, v in m["peak_kib"].items())
+        m3 = hold_round(pair, n, "round 3")
+        held3 = ", ".join("%s %.1f MiB" % (k, v / 1024.0) for k, v in m3["peak_kib"].items())
         third = "; round 3 peaked at %s" % held3
         print("     round 3: %d connections, RSS held: %s" % (n, held3))
     for p in procs:
@@ -443,9 +445,16 @@ def held_connections(n):
             print("     (sanitized build: %s round 2 peak %.1f MiB vs round 1 %.1f MiB, "
                   "not asserted)" % (name, p2 / 1024.0, p1 / 1024.0))
             continue
-        assert p2 <= p1 * 1.10, "%s RSS keeps growing: round 2 of %d held connections peaked " \
-            "at %.1f MiB, round 1 at %.1f MiB (+%.0f%%, limit +10%%)%s" % (
+        if p2 <= p1 * 1.10:
+            continue
+        # glibc keeps part of what a round freed (per-thread arenas, fragmentation): round 2 may
+        # peak higher than round 1, but the growth must stop — round 3 within +10% of round 2.
+        assert p2 <= p1 * 1.30, "%s RSS grew too much: round 2 of %d held connections peaked " \
+            "at %.1f MiB, round 1 at %.1f MiB (+%.0f%%, limit +30%%)%s" % (
                 name, n, p2 / 1024.0, p1 / 1024.0, (p2 / p1 - 1) * 100, third)
+        p3 = m3["peak_kib"][name]
+        assert p3 <= p2 * 1.10, "%s RSS keeps growing: rounds peaked at %.1f, %.1f, %.1f MiB" % (
+            name, p1 / 1024.0, p2 / 1024.0, p3 / 1024.0)
 
 
 def fd_limited_count():
@@ -673,7 +682,8 @@ def slowloris_http_head():
     app = h.HTTPServer()
     idle = 3.0
     pair = h.Pair(CERTS, app.addr, H,
-                  in_extra=["--idle-timeout", "%gs" % idle, "--handshake-timeout", "%gs" % idle],
+                  in_extra=["--idle-timeout", "%gs" % idle, "--handshake-timeout", "%gs" % idle,
+                            "--request-timeout", "%gs" % (2 * idle)],
                   out_extra=["--idle-timeout", "60s"])  # the inbound's timers decide
     app.httpd.handle_error = lambda *a: None  # resets from cut clients are expected
     assert h.http_request(H, pair.out_port)[0] == 200
@@ -731,6 +741,9 @@ def slowloris_http_head():
         "1 byte/s were still connected after %.0fs (--idle-timeout %gs is re-armed by every " \
         "byte; --help lists no header/request timeout: %s)" % (
             dripped.count(None), n_drip, drip_for, idle, head_flags or "none")
+    # ... and the request-head deadline cuts them at --request-timeout from their first byte.
+    assert all(2 * idle * 0.7 <= v <= 2 * idle + slow(3) for v in dripped), \
+        "dripped heads cut after %r s, expected at --request-timeout %gs" % (dripped, 2 * idle)
 
 
 # --------------------------------------------------------------------------- stalled readers
