@@ -61,15 +61,7 @@ r = h.Results()
 h.require_binary()
 
 
-def raise_nofile():
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-if raise_nofile() < 1024:
+if h.raise_nofile() < 1024:
     print("RLIMIT_NOFILE hard limit below 1024: too low for these tests")
     print("0 passed, 0 failed, 1 skipped", flush=True)
     sys.exit(0)

@@ -41,7 +41,6 @@ import collections
 import errno
 import os
 import re
-import resource
 import selectors
 import shutil
 import socket
@@ -66,15 +65,8 @@ r = h.Results()
 h.require_binary()
 
 
-def raise_nofile():
-    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
-
-HARD_NOFILE = raise_nofile()
+HARD_NOFILE = h.raise_nofile()
 CERTS = h.certs_dir()
 WORK = h.mkdtemp(prefix="ward-load-")
 

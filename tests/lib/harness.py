@@ -51,6 +51,15 @@ class Timeout(AssertionError):
 
 # --------------------------------------------------------------------------- addresses, ports
 
+def raise_nofile():
+    """Soft RLIMIT_NOFILE up to the hard limit (children inherit it); returns the hard limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def have_ipv6():
     if not socket.has_ipv6:
         return False
