@@ -811,10 +811,10 @@ static int ward__h1_on_head(ward_conn_t *c, ward_h1_t *h)
         h->denied = 1;
         reason = res.reason ? res.reason : "denied";
         if (res.policy != NULL)
-            snprintf(body, sizeof(body), "RBAC: access denied: %s (policy %s)\n", reason,
+            snprintf(body, sizeof(body), "ward: denied by policy: %s (policy %s)\n", reason,
                      res.policy);
         else
-            snprintf(body, sizeof(body), "RBAC: access denied: %s\n", reason);
+            snprintf(body, sizeof(body), "ward: denied by policy: %s\n", reason);
         goto answer;
     }
     if ((h->flags & WARD_H1_F_UP_WDEAD) || (c->up.flags & WARD_SF_RD_EOF)) {
