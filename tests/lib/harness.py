@@ -74,13 +74,46 @@ def have_ipv6():
         return False
 
 
+_GIVEN_PORTS = set()
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host="127.0.0.1"):
-    """A currently free TCP port on host (bind to port 0 and release it)."""
+    """A currently free TCP port on host, for a listener the test starts next. Taken below the
+    kernel's ephemeral range when there is room: a port the kernel handed out by bind(0) can be
+    taken by the next outgoing connection's ephemeral port before the proxy binds it (seen after
+    the load test's 10 000 connections), which no port outside that range can. Never the same port
+    twice in one test process."""
+    import random
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = _ephemeral_low()
+    if low > 12000:
+        for _ in range(200):
+            port = random.randrange(10000, low)
+            if port in _GIVEN_PORTS:
+                continue
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            finally:
+                s.close()
+            _GIVEN_PORTS.add(port)
+            return port
     s = socket.socket(fam, socket.SOCK_STREAM)
     try:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+        _GIVEN_PORTS.add(port)
+        return port
     finally:
         s.close()
 
