@@ -59,10 +59,10 @@ typedef struct {
 #define WARD_MAX_SERVER_FIRST_PORTS 32
     uint16_t server_first_ports[WARD_MAX_SERVER_FIRST_PORTS];
     size_t nserver_first_ports;
-    int access_log; /* WARD_ACCESS_LOG_* */
-    char *peers_file;   /* --peers: original destination -> expected SPIFFE id */
-    int permissive;     /* --inbound-mode permissive: also accept plaintext callers */
-    int strict_egress;  /* --strict-egress: refuse captured outbound traffic to unknown peers */
+    int access_log;    /* WARD_ACCESS_LOG_* */
+    char *peers_file;  /* --peers: original destination -> expected SPIFFE id */
+    int permissive;    /* --inbound-mode permissive: also accept plaintext callers */
+    int strict_egress; /* --strict-egress: refuse captured outbound traffic to unknown peers */
 } ward_config_t;
 
 enum { WARD_ACCESS_LOG_OFF = 0, WARD_ACCESS_LOG_DENIED = 1, WARD_ACCESS_LOG_ALL = 2 };

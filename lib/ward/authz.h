@@ -51,10 +51,10 @@ typedef const char *(*ward_authz_header_fn)(void *ctx, const char *name, size_t 
                                             size_t index, size_t *value_len);
 
 typedef struct {
-    const char *peer_id;           /* verified SPIFFE id, NULL when unauthenticated */
-    uint16_t port;                 /* the workload port the traffic is for */
-    const char *method;            /* HTTP method (NUL-terminated); NULL = opaque TCP */
-    const char *path;              /* ward_path_match_key() output; NULL for opaque TCP */
+    const char *peer_id; /* verified SPIFFE id, NULL when unauthenticated */
+    uint16_t port;       /* the workload port the traffic is for */
+    const char *method;  /* HTTP method (NUL-terminated); NULL = opaque TCP */
+    const char *path;    /* ward_path_match_key() output; NULL for opaque TCP */
     size_t path_len;
     const struct sockaddr *source; /* the caller's address, or NULL (source.ip never matches) */
     int hour;                      /* 0..23, UTC; -1 = unknown (time.hour never matches) */
@@ -86,9 +86,9 @@ void ward_authz_unref(ward_authz_t *a); /* NULL is ignored */
 void ward_authz_eval(const ward_authz_t *a, const ward_authz_request_t *req,
                      ward_authz_result_t *res);
 
-uint64_t ward_authz_version(const ward_authz_t *a);     /* the snapshot's version */
+uint64_t ward_authz_version(const ward_authz_t *a); /* the snapshot's version */
 size_t ward_authz_policy_count(const ward_authz_t *a);
-size_t ward_authz_rule_count(const ward_authz_t *a);    /* rules over all policies */
+size_t ward_authz_rule_count(const ward_authz_t *a);        /* rules over all policies */
 const char *ward_authz_default_name(const ward_authz_t *a); /* "deny" | "allow" | "audit" */
 
 #endif
