@@ -22,17 +22,7 @@
 
 #define WARD_WL_HEADER "workload.spiffe.io"
 
-static void *ward__pb_alloc(void *ud, size_t n)
-{
-    return ward_malloc(n);
-}
-
-static void ward__pb_free(void *ud, void *p)
-{
-    ward_free(p);
-}
-
-static ProtobufCAllocator ward__pb = {ward__pb_alloc, ward__pb_free, NULL};
+static ProtobufCAllocator ward__pb = {ward_pb_alloc, ward_pb_free, NULL};
 
 static void ward__session_log(ward_session_t *s, ward_log_level_t lvl, const char *event,
                               const char *msg)

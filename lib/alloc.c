@@ -48,3 +48,39 @@ char *ward_strdup(const char *s)
 {
     return ward_strndup(s, strlen(s));
 }
+
+void *ward_ng_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    return ward_malloc(size);
+}
+
+void ward_ng_free(void *ptr, void *ud)
+{
+    (void)ud;
+    ward_free(ptr);
+}
+
+void *ward_ng_calloc(size_t count, size_t size, void *ud)
+{
+    (void)ud;
+    return ward_calloc(count, size);
+}
+
+void *ward_ng_realloc(void *ptr, size_t size, void *ud)
+{
+    (void)ud;
+    return ward_realloc(ptr, size);
+}
+
+void *ward_pb_alloc(void *ud, size_t size)
+{
+    (void)ud;
+    return ward_malloc(size ? size : 1);
+}
+
+void ward_pb_free(void *ud, void *ptr)
+{
+    (void)ud;
+    ward_free(ptr);
+}

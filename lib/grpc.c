@@ -155,30 +155,6 @@ struct ward_grpc_conn {
 
 /* --- small helpers ------------------------------------------------------------------------- */
 
-static void *ward__ng_malloc(size_t size, void *ud)
-{
-    (void)ud;
-    return ward_malloc(size);
-}
-
-static void ward__ng_free(void *ptr, void *ud)
-{
-    (void)ud;
-    ward_free(ptr);
-}
-
-static void *ward__ng_calloc(size_t n, size_t size, void *ud)
-{
-    (void)ud;
-    return ward_calloc(n, size);
-}
-
-static void *ward__ng_realloc(void *ptr, size_t size, void *ud)
-{
-    (void)ud;
-    return ward_realloc(ptr, size);
-}
-
 static int ward__ng_err(int rv)
 {
     if (rv >= 0) return 0;
@@ -977,7 +953,7 @@ ward_grpc_conn_t *ward_grpc_conn_new(int is_server, const ward_grpc_callbacks_t 
 {
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
-    nghttp2_mem mem = {NULL, ward__ng_malloc, ward__ng_free, ward__ng_calloc, ward__ng_realloc};
+    nghttp2_mem mem = {NULL, ward_ng_malloc, ward_ng_free, ward_ng_calloc, ward_ng_realloc};
     ward_grpc_conn_t *conn = ward_calloc(1, sizeof(*conn));
     if (conn == NULL) return NULL;
     if (cb != NULL) conn->cb = *cb;

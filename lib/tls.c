@@ -568,6 +568,22 @@ static void ward__identity_free(ward_identity_t *id)
     ward_free(id);
 }
 
+/* The certificate chain as CRYPTO_BUFFERs of the process-wide pool (one shared copy of every
+ * certificate). On failure err is set; the buffers made so far stay in chain for the caller's
+ * cleanup. Returns 0 or WARD_ENOMEM. */
+static int ward__chain_buffers(CRYPTO_BUFFER **chain, const uint8_t *const *der, const size_t *len,
+                               size_t n, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        chain[i] = CRYPTO_BUFFER_new(der[i], len[i], ward__pool);
+        if (chain[i] == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return WARD_ENOMEM;
+        }
+    }
+    return 0;
+}
+
 int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, size_t nchain,
                       EVP_PKEY *key, const uint8_t *const *roots_der, const size_t *roots_len,
                       size_t nroots, ward_identity_t **out, char *err, size_t errlen)
@@ -656,14 +672,7 @@ int ward_identity_new(const uint8_t *const *chain_der, const size_t *chain_len, 
         goto out;
     }
 
-    for (size_t i = 0; i < nchain; i++) {
-        chain[i] = CRYPTO_BUFFER_new(chain_der[i], chain_len[i], ward__pool);
-        if (chain[i] == NULL) {
-            snprintf(err, errlen, "out of memory");
-            rc = WARD_ENOMEM;
-            goto out;
-        }
-    }
+    if ((rc = ward__chain_buffers(chain, chain_der, chain_len, nchain, err, errlen)) < 0) goto out;
     id->server = ward__ctx_new(id, 1, chain, nchain, key);
     id->client = ward__ctx_new(id, 0, chain, nchain, key);
     if (id->server == NULL || id->client == NULL) {
@@ -876,14 +885,8 @@ int ward_identity_load_server(const char *cert_file, const char *key_file, ward_
     atomic_init(&id->refs, 1);
     id->not_before = ward_asn1_time_to_unix(X509_get0_notBefore(leaf));
     id->not_after = ward_asn1_time_to_unix(X509_get0_notAfter(leaf));
-    for (int i = 0; i < ncert; i++) {
-        chain[i] = CRYPTO_BUFFER_new(cder[i], clen[i], ward__pool);
-        if (chain[i] == NULL) {
-            snprintf(err, errlen, "out of memory");
-            rc = WARD_ENOMEM;
-            goto out;
-        }
-    }
+    rc = ward__chain_buffers(chain, (const uint8_t *const *)cder, clen, (size_t)ncert, err, errlen);
+    if (rc < 0) goto out;
     id->server = ward__ctx_new(id, 1, chain, (size_t)ncert, key);
     if (id->server == NULL) {
         snprintf(err, errlen, "%s: could not build the TLS context", cert_file);

@@ -23,17 +23,7 @@
 #define WARD_AC_TICK_MS        1000
 #define WARD_AC_TOKEN_MAX      16384
 
-static void *ward__pb_alloc(void *ud, size_t n)
-{
-    return ward_malloc(n);
-}
-
-static void ward__pb_free(void *ud, void *p)
-{
-    ward_free(p);
-}
-
-static ProtobufCAllocator ward__pb = {ward__pb_alloc, ward__pb_free, NULL};
+static ProtobufCAllocator ward__pb = {ward_pb_alloc, ward_pb_free, NULL};
 
 static void ward__ac_connect(ward_agent_client_t *ac);
 

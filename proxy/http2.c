@@ -139,30 +139,6 @@ typedef struct {
 
 /* --- small helpers ---------------------------------------------------------------------------- */
 
-static void *ward__ng_malloc(size_t size, void *ud)
-{
-    (void)ud;
-    return ward_malloc(size);
-}
-
-static void ward__ng_free(void *ptr, void *ud)
-{
-    (void)ud;
-    ward_free(ptr);
-}
-
-static void *ward__ng_calloc(size_t n, size_t size, void *ud)
-{
-    (void)ud;
-    return ward_calloc(n, size);
-}
-
-static void *ward__ng_realloc(void *ptr, size_t size, void *ud)
-{
-    (void)ud;
-    return ward_realloc(ptr, size);
-}
-
 static uint64_t ward__now(ward_h2_t *h)
 {
     return uv_now(&h->c->w->loop);
@@ -1491,7 +1467,7 @@ static int ward__session_new(ward_h2_t *h, int server, nghttp2_session **out)
 {
     nghttp2_session_callbacks *cbs;
     nghttp2_option *opt;
-    nghttp2_mem mem = {NULL, ward__ng_malloc, ward__ng_free, ward__ng_calloc, ward__ng_realloc};
+    nghttp2_mem mem = {NULL, ward_ng_malloc, ward_ng_free, ward_ng_calloc, ward_ng_realloc};
     int rv = nghttp2_session_callbacks_new(&cbs);
     if (rv != 0) goto fail_callbacks;
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, ward__on_begin_headers);

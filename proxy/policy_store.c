@@ -11,19 +11,7 @@
 #include "ward/log.h"
 #include "ward/policy.h"
 
-static void *ward__pb_alloc(void *d, size_t n)
-{
-    (void)d;
-    return ward_malloc(n ? n : 1);
-}
-
-static void ward__pb_free(void *d, void *p)
-{
-    (void)d;
-    ward_free(p);
-}
-
-static ProtobufCAllocator ward__pb = {ward__pb_alloc, ward__pb_free, NULL};
+static ProtobufCAllocator ward__pb = {ward_pb_alloc, ward_pb_free, NULL};
 
 static const char *const ward__defaults[] = {"deny", "allow", "audit"};
 

@@ -113,17 +113,7 @@ struct ward_bench {
     char error[512];
 };
 
-static void *ward__pb_alloc(void *ud, size_t n)
-{
-    return ward_malloc(n);
-}
-
-static void ward__pb_free(void *ud, void *p)
-{
-    ward_free(p);
-}
-
-static ProtobufCAllocator ward__pb = {ward__pb_alloc, ward__pb_free, NULL};
+static ProtobufCAllocator ward__pb = {ward_pb_alloc, ward_pb_free, NULL};
 
 static void ward__bench_pump(ward_bench_t *b);
 static void ward__bench_finish(ward_bench_t *b);

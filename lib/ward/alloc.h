@@ -25,4 +25,15 @@ void ward_free(void *ptr);
 char *ward_strdup(const char *s);
 char *ward_strndup(const char *s, size_t n);
 
+/* ward's allocator in the shapes of the libraries' allocator hooks (their headers are not needed
+ * here): nghttp2_mem {NULL, ward_ng_malloc, ward_ng_free, ward_ng_calloc, ward_ng_realloc} and
+ * ProtobufCAllocator {ward_pb_alloc, ward_pb_free, NULL}. The user-data argument is ignored;
+ * ward_pb_alloc never asks for 0 bytes (1 instead). */
+void *ward_ng_malloc(size_t size, void *ud);
+void ward_ng_free(void *ptr, void *ud);
+void *ward_ng_calloc(size_t count, size_t size, void *ud);
+void *ward_ng_realloc(void *ptr, size_t size, void *ud);
+void *ward_pb_alloc(void *ud, size_t size);
+void ward_pb_free(void *ud, void *ptr);
+
 #endif

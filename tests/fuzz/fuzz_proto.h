@@ -12,17 +12,7 @@
 #include "fuzz.h"
 #include "ward/alloc.h"
 
-static void *ward__pb_alloc(void *ud, size_t n)
-{
-    return ward_malloc(n);
-}
-
-static void ward__pb_free(void *ud, void *p)
-{
-    ward_free(p);
-}
-
-static ProtobufCAllocator ward__pb = {ward__pb_alloc, ward__pb_free, NULL};
+static ProtobufCAllocator ward__pb = {ward_pb_alloc, ward_pb_free, NULL};
 
 static volatile uint64_t ward__sink;
 /* Unknown fields numbered 0 seen by the last walk. libprotobuf-c 1.4 accepts field number 0 when
